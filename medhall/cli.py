@@ -1,0 +1,297 @@
+"""The ``medhall`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medhall import __version__
+
+app = typer.Typer(
+    name="medhall",
+    help="Measure and reduce hallucinations in medical vision-language models (MedHallTune).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,  # locals could hold secrets
+)
+console = Console()
+err = Console(stderr=True)
+
+
+class OutFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"medhall {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", envvar="MEDHALL_HOME", help="Artifact store root (default ~/.medhall)."),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """medhall: MedHallTune datasets, quality control and evaluation as Parquet + DuckDB + Prefect."""
+    if home is not None:
+        os.environ["MEDHALL_HOME"] = str(home)
+    from medhall.config import get_settings
+
+    get_settings(fresh=True)
+
+
+def _store():
+    from medhall.store import ArtifactStore
+
+    return ArtifactStore()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _arrow_to_rich(table, title: str | None = None, limit: int = 50) -> Table:
+    out = Table(title=title, show_lines=False, header_style="bold cyan")
+    for name in table.column_names:
+        out.add_column(name, overflow="fold", max_width=60)
+    for row in table.slice(0, limit).to_pylist():
+        out.add_row(*("" if v is None else str(v) for v in row.values()))
+    if table.num_rows > limit:
+        out.caption = f"{limit} of {table.num_rows} rows shown; use --out to save all"
+    return out
+
+
+def _print_summary(summary) -> None:
+    from medhall.ingest import format_summary
+
+    console.print(format_summary(summary))
+
+
+@app.command()
+def demo() -> None:
+    """The main job on the embedded default: no API key, no GPU, no download.
+
+    Materialises the embedded sample corpus (real medical images shipped by pydicom,
+    pydicom-data and scikit-image, with written captions), ingests it, writes the tables,
+    statistics and chart, and prints how to query them.
+    """
+    from medhall.jobs import run_default
+
+    store = _store()
+    with console.status("building the embedded default..."):
+        out = run_default(store)
+    _print_summary(out.ingest.summary)
+    for name, art in out.ingest.artifacts.items():
+        console.print(f"  [green]{name:<13}[/] {art.rows:>6} rows  {art.data_path}")
+    console.print(f"  stats          {out.stats_csv}\n  chart          {out.stats_png}")
+    console.print(f"  catalog        {out.catalog}")
+    console.print(
+        "\nQuery it:\n"
+        '  medhall sql "select modality, count(*) from images group by 1"\n'
+        f"  duckdb -readonly {out.catalog}"
+    )
+    if not out.ingest.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def ingest(
+    adapter: Annotated[str, typer.Argument(help="llava_med_captions | llava_med_instruct | pubmedvision | medhalltune | generic")],
+    paths: Annotated[list[Path], typer.Argument(help="Input files (JSON, JSONL, CSV, Parquet).")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name in the store.")],
+    images_dir: Annotated[
+        Path | None, typer.Option(help="Where image paths are relative to (default: each file's folder).")
+    ] = None,
+    require_images: Annotated[
+        bool | None,
+        typer.Option(
+            "--require-images/--allow-missing-images",
+            help="Quarantine rows whose image is missing (default: the adapter's choice).",
+            show_default=False,
+        ),
+    ] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="generic adapter: FIELD=COLUMN (fields: image caption id modality body_part question answer kind category)."),
+    ] = None,
+) -> None:
+    """Ingest a corpus into the store: images checked and deduplicated, bad rows quarantined."""
+    from medhall.jobs import ingest_to_store
+
+    options = {}
+    if map_:
+        try:
+            options["mapping"] = dict(m.split("=", 1) for m in map_)
+        except ValueError:
+            _fail("--map takes FIELD=COLUMN")
+    try:
+        out = ingest_to_store(
+            adapter, paths, dataset=dataset, store=_store(), images_dir=images_dir,
+            require_images=require_images, options=options,
+        )
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        _fail(str(e).strip("'\""))
+    _print_summary(out.summary)
+    for name, art in out.artifacts.items():
+        console.print(f"  [green]{name:<13}[/] {art.rows:>7} rows  {art.name}")
+    if not out.ok:
+        err.print("[bold red]nothing valid was read[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def sample(
+    dataset: Annotated[str, typer.Argument(help="Dataset to draw from.")],
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of images.")],
+    out_dataset: Annotated[str, typer.Option("--out", help="Dataset to write the sample to.")],
+    seed: Annotated[int, typer.Option(help="Seed of the draw.")] = 0,
+    by: Annotated[str, typer.Option(help="Comma-separated columns to stratify by.")] = "modality,body_part",
+) -> None:
+    """Draw a seeded sample of N images stratified by modality/body part (with their instructions)."""
+    import pyarrow.compute as pc
+
+    from medhall.ids import run_id
+    from medhall.sampling import counts, stratified_sample
+
+    store = _store()
+    images = store.get("images", dataset)
+    picked = stratified_sample(images.read(), n, seed=seed, by=[c.strip() for c in by.split(",") if c.strip()])
+    config = {"from": dataset, "n": n, "seed": seed, "by": by}
+    rid = run_id("sample", config, [images.fingerprint])
+    picked = picked.set_column(picked.schema.get_field_index("dataset"), "dataset", [[out_dataset] * picked.num_rows])
+    art = store.write("images", picked, dataset=out_dataset, config=config, inputs=[images.fingerprint], run_id=rid)
+    instr = store.latest("instructions", dataset)
+    if instr is not None:
+        t = instr.read()
+        t = t.filter(pc.is_in(t.column("image_id"), picked.column("image_id")))
+        t = t.set_column(t.schema.get_field_index("dataset"), "dataset", [[out_dataset] * t.num_rows])
+        store.write("instructions", t, dataset=out_dataset, config=config, inputs=[instr.fingerprint], run_id=rid)
+    console.print(f"sampled {picked.num_rows} images from {dataset} into {art.name}")
+    console.print(_arrow_to_rich(_counts_table(counts(picked, "modality"), "modality"), title="by modality"))
+
+
+def _counts_table(pairs, name):
+    import pyarrow as pa
+
+    return pa.table({name: [p[0] for p in pairs], "count": [p[1] for p in pairs]})
+
+
+@app.command()
+def stats(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")] = "sample",
+) -> None:
+    """Counts by modality and body part (and instruction kind/category): a table, CSV and PNG chart."""
+    from medhall.jobs import write_stats
+    from medhall.store import StoreError
+
+    store = _store()
+    try:
+        csv_path, png = write_stats(store, dataset)
+    except StoreError as e:
+        _fail(str(e))
+    import pyarrow.csv as pacsv
+
+    console.print(_arrow_to_rich(pacsv.read_csv(csv_path), title=f"{dataset} statistics", limit=200))
+    console.print(f"CSV: {csv_path}\nPNG: {png}")
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One read-only SQL statement (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN).")],
+    format_: Annotated[OutFormat, typer.Option("--format", "-f", help="Output format.")] = OutFormat.table,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the result to this file.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows shown in table format.")] = 50,
+) -> None:
+    """Query the tables with DuckDB SQL (read-only). Views: images, instructions, qc_verdicts, ...
+
+    Every table is a view of its latest versions; `<table>_versions`, `<table>__<dataset>`,
+    `<table>__<dataset>__v<N>` and `artifacts` are there too. Statements that would write
+    (INSERT, DROP, COPY, ATTACH, ...) are refused and change nothing.
+    """
+    from medhall.store import ReadOnlyError, SQLError
+    from medhall.store import query as run_query
+
+    store = _store()
+    if out is not None:
+        out = out.resolve()
+        if out.is_relative_to(store.root / "store") or out == (store.root / "catalog.duckdb"):
+            _fail(f"refusing to write inside the artifact store ({store.root / 'store'}); artifacts are never overwritten")
+    try:
+        result = run_query(store, query)
+    except (ReadOnlyError, SQLError) as e:
+        _fail(str(e))
+    if format_ is OutFormat.table and out is None:
+        console.print(_arrow_to_rich(result, limit=limit))
+        return
+    from medhall.report.export import write_table
+
+    fmt = "csv" if format_ is OutFormat.table else format_.value
+    if out is None:
+        import sys
+
+        write_table(result, sys.stdout.buffer, fmt)
+    else:
+        write_table(result, out, fmt)
+        err.print(f"wrote {result.num_rows} rows to {out}")
+
+
+@app.command()
+def tables() -> None:
+    """List every artifact version in the store."""
+    store = _store()
+    t = Table(header_style="bold cyan")
+    for col in ("dataset", "table", "version", "rows", "fingerprint", "created"):
+        t.add_column(col)
+    for a in store.artifacts():
+        t.add_row(a.dataset, a.table, str(a.version), str(a.rows), a.fingerprint[:12], a.manifest.get("created_at", ""))
+    console.print(t if t.row_count else f"no artifacts yet in {store.root}")
+
+
+@app.command()
+def schema(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print docs/tables.md.")] = False,
+) -> None:
+    """Show the table spine: every table's fields with types and meaning."""
+    from medhall.schema import TABLES, docs_markdown
+
+    if markdown:
+        typer.echo(docs_markdown())
+        return
+    for name, s in TABLES.items():
+        t = Table(title=f"{name}: {s.metadata[b'doc'].decode()}", header_style="bold cyan", title_justify="left")
+        for col in ("field", "type", "meaning"):
+            t.add_column(col, overflow="fold")
+        for f in s:
+            t.add_row(f.name, str(f.type), (f.metadata or {}).get(b"doc", b"").decode())
+        console.print(t)
+
+
+@app.command()
+def catalog() -> None:
+    """Rebuild the DuckDB catalog (views over every artifact) and print its path."""
+    from medhall.store import build_catalog
+
+    path = build_catalog(_store())
+    console.print(str(path))
+    console.print(json.dumps({"open_with": f"duckdb -readonly {path}"}))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,42 @@
+"""Settings from the environment (prefix ``MEDHALL_``) with sensible defaults.
+
+Secrets (API keys) are read here as :class:`pydantic.SecretStr`, so they print as ``**********``
+and never reach logs, artifacts or Prefect parameters.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    return Path.home() / ".medhall"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDHALL_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home, description="Root of the artifact store.")
+    # LLM layer (OpenAI-compatible). The key also falls back to OPENAI_API_KEY.
+    llm_base_url: str | None = Field(default=None, description="OpenAI-compatible base URL.")
+    llm_model: str = Field(default="gpt-4o", description="Model name sent to the server.")
+    llm_api_key: SecretStr | None = Field(default=None, description="API key (never logged).")
+
+    def resolved_home(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+
+@lru_cache(maxsize=1)
+def _cached() -> Settings:
+    return Settings()
+
+
+def get_settings(fresh: bool = False) -> Settings:
+    """The process-wide settings; ``fresh=True`` re-reads the environment."""
+    if fresh:
+        _cached.cache_clear()
+    return _cached()

@@ -1,0 +1,120 @@
+"""Whole jobs over the library, shared by the CLI and the Prefect tasks.
+
+A job reads its inputs, calls the library, writes spine tables to the artifact store and
+returns what it wrote. It holds no logic of its own beyond that wiring.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medhall.ids import file_sha256
+from medhall.ids import run_id as make_run_id
+from medhall.store import Artifact, ArtifactStore, build_catalog
+
+DEFAULT_DATASET = "sample"
+
+
+
+@dataclass
+class IngestOutcome:
+    dataset: str
+    run_id: str
+    artifacts: dict[str, Artifact]
+    summary: Any
+    ok: bool
+
+
+@dataclass
+class DefaultOutcome:
+    ingest: IngestOutcome
+    stats_csv: Path
+    stats_png: Path
+    catalog: Path
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def ingest_to_store(
+    adapter: str,
+    paths: Sequence[Path],
+    *,
+    dataset: str,
+    store: ArtifactStore,
+    images_dir: Path | None = None,
+    require_images: bool | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> IngestOutcome:
+    """Ingest ``paths`` with the named adapter and write images, instructions and quarantine."""
+    from medhall.ingest import ingest
+    from medhall.sources import get_adapter
+
+    paths = [Path(p).resolve() for p in paths]
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(f"input not found: {p}")
+    inputs = [file_sha256(p) for p in paths if p.is_file()]
+    config = {
+        "adapter": adapter,
+        "paths": [str(p) for p in paths],
+        "images_dir": str(images_dir) if images_dir else None,
+        "require_images": require_images,
+        "options": dict(options or {}),
+    }
+    rid = make_run_id("ingest", config, inputs)
+    result = ingest(
+        get_adapter(adapter, **dict(options or {})),
+        paths,
+        dataset=dataset,
+        images_dir=images_dir,
+        require_images=require_images,
+        run_id=rid,
+    )
+    arts = {
+        name: store.write(name, getattr(result, name), dataset=dataset, config=config, inputs=inputs, run_id=rid)
+        for name in ("images", "instructions", "quarantine")
+    }
+    return IngestOutcome(dataset, rid, arts, result.summary, bool(result.ok))
+
+
+def write_stats(store: ArtifactStore, dataset: str) -> tuple[Path, Path]:
+    """Counts by modality / body part (and kind / category) as CSV and PNG under reports/."""
+    from medhall.report.stats import dataset_stats, plot_stats
+
+    images = store.read("images", dataset)
+    latest_instr = store.latest("instructions", dataset)
+    stats = dataset_stats(images, latest_instr.read() if latest_instr else None)
+    out_dir = store.root / "reports" / dataset
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "stats.csv"
+    with csv_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(stats.column_names)
+        w.writerows(zip(*(stats.column(c).to_pylist() for c in stats.column_names), strict=True))
+    png = plot_stats(stats, out_dir / "stats.png", title=f"{dataset}: {images.num_rows} images")
+    return csv_path, png
+
+
+def run_default(store: ArtifactStore, dataset: str = DEFAULT_DATASET) -> DefaultOutcome:
+    """The main job on the embedded default: the sample corpus, ingested, counted, catalogued."""
+    from medhall import sample
+
+    corpus_dir = store.root / "sample_corpus"
+    captions = sample.materialize(corpus_dir)
+    outcome = ingest_to_store("llava_med_captions", [captions], dataset=dataset, store=store)
+    stats_csv, stats_png = write_stats(store, dataset)
+    catalog = build_catalog(store)
+    return DefaultOutcome(outcome, stats_csv, stats_png, catalog, {"corpus_dir": corpus_dir})
+
+
+__all__ = [
+    "DEFAULT_DATASET",
+    "DefaultOutcome",
+    "IngestOutcome",
+    "ingest_to_store",
+    "run_default",
+    "write_stats",
+]

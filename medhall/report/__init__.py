@@ -1,0 +1,1 @@
+"""Tables and charts for humans: dataset statistics, later evaluation reports."""

@@ -54,3 +54,10 @@ def test_from_rows_and_conform_enforce_the_schema():
         schema.conform("splits", pa.table({"image_id": ["x"]}))
     with pytest.raises(KeyError, match="unknown table"):
         schema.schema_for("nope")
+
+
+def test_docs_tables_md_is_generated_from_the_schema():
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "tables.md"
+    assert doc.read_text() == schema.docs_markdown() + "\n", "regenerate: medhall schema --markdown > docs/tables.md"

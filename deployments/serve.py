@@ -1,0 +1,45 @@
+"""Serve medhall's flows as Prefect deployments from one long-running process.
+
+    PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/serve.py
+
+Each deployment shows in the Prefect UI, where a run can be triggered with parameters;
+``build-default`` also runs on a schedule. The process executes the runs itself (no work
+pool needed); for a work pool and workers use ``deployments/prefect.yaml`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flows.default import build_default  # noqa: E402
+from flows.ingest import ingest_corpus  # noqa: E402
+
+REBUILD_CRON = os.environ.get("MEDHALL_REBUILD_CRON", "0 3 * * *")  # 03:00 UTC daily
+
+
+def deployments() -> list:
+    """The deployments this process serves (also used by the tests)."""
+    return [
+        build_default.to_deployment(
+            name="build-default",
+            cron=REBUILD_CRON,
+            description="Scheduled rebuild of the embedded default dataset.",
+            tags=["medhall", "scheduled"],
+        ),
+        ingest_corpus.to_deployment(
+            name="ingest-corpus",
+            description="Ingest a corpus file set into a dataset; trigger from the UI with parameters.",
+            parameters={"adapter": "medhalltune", "paths": [], "dataset": "medhalltune"},
+            tags=["medhall"],
+        ),
+    ]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from prefect import serve
+
+    serve(*deployments())

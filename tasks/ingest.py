@@ -1,0 +1,67 @@
+"""Ingest tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
+from medhall.jobs import ingest_to_store, write_stats
+from tasks.common import cache_key, describe, path_fingerprint, store
+
+
+def _ingest_key(_ctx, params: dict[str, Any]) -> str:
+    return cache_key(
+        "ingest",
+        params["adapter"],
+        [path_fingerprint(p) for p in params["paths"]],
+        # images are read relative to images_dir, else to each file's folder: their listing counts
+        [path_fingerprint(d) for d in sorted({params["images_dir"]} if params.get("images_dir") else {str(Path(p).parent) for p in params["paths"]})],
+        params["dataset"],
+        params.get("require_images"),
+        params.get("options"),
+    )
+
+
+@task(name="ingest", cache_key_fn=_ingest_key, persist_result=True, task_run_name="ingest {adapter} -> {dataset}")
+def ingest_task(
+    adapter: str,
+    paths: list[str],
+    dataset: str,
+    images_dir: str | None = None,
+    require_images: bool | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Ingest files into ``dataset``; returns the written artifacts and the summary counts."""
+    out = ingest_to_store(
+        adapter, [Path(p) for p in paths], dataset=dataset, store=store(),
+        images_dir=Path(images_dir) if images_dir else None, require_images=require_images, options=options,
+    )
+    summary = out.summary if isinstance(out.summary, dict) else getattr(out.summary, "__dict__", {})
+    return {
+        "dataset": dataset,
+        "run_id": out.run_id,
+        "ok": out.ok,
+        "artifacts": {k: describe(a) for k, a in out.artifacts.items()},
+        "summary": {k: v for k, v in summary.items() if isinstance(v, int | float | str | dict)},
+    }
+
+
+@task(name="dataset-stats")
+def stats_task(dataset: str) -> dict[str, str]:
+    """Counts by modality/body part as CSV + PNG, published as a Prefect table artifact."""
+    import pyarrow.csv as pacsv
+
+    csv_path, png = write_stats(store(), dataset)
+    rows = pacsv.read_csv(csv_path).to_pylist()
+    create_table_artifact(table=rows, key=f"{_key(dataset)}-stats", description=f"Statistics of dataset {dataset}")
+    return {"csv": str(csv_path), "png": str(png)}
+
+
+def _key(name: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "dataset"

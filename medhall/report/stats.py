@@ -40,7 +40,7 @@ def plot_stats(stats: pa.Table, path: str | os.PathLike[str], title: str = "Data
     rows = stats.to_pylist()
     dims = [d for d in dict.fromkeys(r["dimension"] for r in rows) if d not in ("images", "instructions")]
     panels = [(d, [(r["value"], r["count"]) for r in rows if r["dimension"] == d]) for d in dims]
-    panels = [p for p in panels if p[1]]
+    panels = [p for p in panels if len(p[1]) > 1] or [p for p in panels if p[1]]
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 4.5), squeeze=False)
     for ax, (dim, pairs) in zip(axes[0], panels, strict=False):
         pairs = pairs[:20][::-1]

@@ -1,0 +1,72 @@
+"""Flows run for real on a temporary Prefect server."""
+
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from medhall.store import ArtifactStore, query
+
+
+def test_build_default_flow_writes_tables_stats_and_a_ui_artifact(flow_home):
+    from prefect.artifacts import Artifact
+
+    from flows.default import build_default
+
+    result = build_default()
+    assert result["ok"] is True
+    assert result["artifacts"]["images"]["rows"] >= 24
+    assert Path(result["stats"]["png"]).exists() and Path(result["catalog"]).exists()
+    n = query(ArtifactStore(flow_home), "select count(*) n from images").column("n")[0].as_py()
+    assert n == result["artifacts"]["images"]["rows"]
+    ui = Artifact.get("sample-stats")
+    assert ui is not None and "modality" in str(ui.data)
+
+
+def test_ingest_task_is_cached_on_input_fingerprints(flow_home, tmp_path):
+    from tasks.ingest import ingest_task
+
+    corpus = tmp_path / "corpus"  # its listing is part of the key (images are read from it)
+    corpus.mkdir()
+    src = corpus / "captions.jsonl"
+    src.write_text('{"pair_id": "a", "fig_caption": "Axial CT of the chest.", "image": "a.png"}\n')
+    from PIL import Image
+
+    Image.new("L", (64, 64), 30).save(corpus / "a.png")
+
+    @flow
+    def once():
+        return ingest_task("llava_med_captions", [str(src)], "cached", return_state=True)
+
+    first, second = once(), once()
+    assert first.name == "Completed" and second.name == "Cached"
+    assert first.result()["artifacts"] == second.result()["artifacts"]
+    src.write_text(src.read_text() + '{"pair_id": "b", "fig_caption": "A second CT.", "image": "a.png"}\n')
+    third = once()
+    assert third.name == "Completed"  # the input changed: the cache key changed
+
+
+def test_ingest_corpus_flow_on_the_release(flow_home, medhalltune_dir):
+    from flows.ingest import ingest_corpus
+
+    files = [str(p) for p in sorted(medhalltune_dir.glob("val_*_qa-filtered.jsonl"))]
+    out = ingest_corpus("medhalltune", files, "mht")
+    assert out["artifacts"]["instructions"]["rows"] == 2238
+    assert out["artifacts"]["images"]["rows"] == 396
+
+
+def test_deployments_have_schedules_and_ui_parameters():
+    pytest.importorskip("prefect")
+    from deployments.serve import deployments
+
+    deps = {d.name: d for d in deployments()}
+    assert set(deps) == {"build-default", "ingest-corpus"}
+    sched = deps["build-default"].schedules[0].schedule
+    assert getattr(sched, "cron", None) == "0 3 * * *"
+    assert deps["ingest-corpus"].parameters["adapter"] == "medhalltune"
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.ingest import ingest_corpus
+
+    ui_form = parameter_schema(ingest_corpus.fn).model_dump()["properties"]
+    assert {"adapter", "paths", "dataset", "images_dir"} <= set(ui_form)

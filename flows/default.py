@@ -6,7 +6,8 @@ from typing import Any
 
 from prefect import flow, task
 
-from medhall.jobs import DEFAULT_DATASET
+from flows.build_dataset import build_dataset
+from medhall.jobs import DEFAULT_BUILD, DEFAULT_DATASET, default_build_config
 from tasks.common import configure_results, store
 from tasks.ingest import ingest_task, stats_task
 
@@ -19,12 +20,18 @@ def materialise_sample() -> str:
 
 
 @flow(name="build_default", log_prints=True)
-def build_default(dataset: str = DEFAULT_DATASET) -> dict[str, Any]:
-    """Build the embedded default dataset (no API key, GPU or download needed)."""
+def build_default(dataset: str = DEFAULT_DATASET, build: str = DEFAULT_BUILD) -> dict[str, Any]:
+    """The main job on the embedded default (no API key, GPU or download needed): the sample
+    corpus ingested, then an instruction dataset built from it with the offline generator."""
     configure_results()
     captions = materialise_sample()
     result = ingest_task("llava_med_captions", [captions], dataset)
     result["stats"] = stats_task(dataset)
+    cfg = default_build_config(dataset, build)
+    result["build"] = build_dataset(
+        source=cfg.source, dataset=cfg.dataset, generator=cfg.generator, test_images=cfg.test_images,
+        shard_size=cfg.shard_size, seed=cfg.seed, exports=list(cfg.exports),
+    )
     from medhall.store import build_catalog
 
     result["catalog"] = str(build_catalog(store()))

@@ -17,6 +17,7 @@ from medhall.ids import run_id as make_run_id
 from medhall.store import Artifact, ArtifactStore, build_catalog
 
 DEFAULT_DATASET = "sample"
+DEFAULT_BUILD = "sample-instruct"
 
 
 
@@ -32,6 +33,7 @@ class IngestOutcome:
 @dataclass
 class DefaultOutcome:
     ingest: IngestOutcome
+    build: dict[str, Any]
     stats_csv: Path
     stats_png: Path
     catalog: Path
@@ -98,16 +100,28 @@ def write_stats(store: ArtifactStore, dataset: str) -> tuple[Path, Path]:
     return csv_path, png
 
 
-def run_default(store: ArtifactStore, dataset: str = DEFAULT_DATASET) -> DefaultOutcome:
-    """The main job on the embedded default: the sample corpus, ingested, counted, catalogued."""
+def default_build_config(dataset: str = DEFAULT_DATASET, build: str = DEFAULT_BUILD):
+    """The embedded default's build: the offline generator, rules QC, a 6-image test split."""
+    from medhall.build import BuildConfig
+
+    return BuildConfig(source=dataset, dataset=build, generator="offline", test_images=6, shard_size=8)
+
+
+def run_default(store: ArtifactStore, dataset: str = DEFAULT_DATASET, build: str = DEFAULT_BUILD) -> DefaultOutcome:
+    """The main job on the embedded default, in-process: the sample corpus ingested, an
+    instruction dataset built from it (offline generator, QC, split, exports), counted and
+    catalogued. ``flows/default.py`` runs the same steps as Prefect tasks."""
     from medhall import sample
+    from medhall.build import run_build
 
     corpus_dir = store.root / "sample_corpus"
     captions = sample.materialize(corpus_dir)
     outcome = ingest_to_store("llava_med_captions", [captions], dataset=dataset, store=store)
-    stats_csv, stats_png = write_stats(store, dataset)
+    built = run_build(store, default_build_config(dataset, build)) if outcome.ok else {}
+    write_stats(store, dataset)
+    stats_csv, stats_png = write_stats(store, build) if built else write_stats(store, dataset)
     catalog = build_catalog(store)
-    return DefaultOutcome(outcome, stats_csv, stats_png, catalog, {"corpus_dir": corpus_dir})
+    return DefaultOutcome(outcome, built, stats_csv, stats_png, catalog, {"corpus_dir": corpus_dir})
 
 
 __all__ = [

@@ -1,0 +1,47 @@
+"""build_dataset: an ingested corpus -> a quality-controlled instruction dataset, split and exported."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow
+
+from medhall.build import DEFAULT_EXPORTS, BuildConfig, LLMSettings
+from tasks.build import assemble_task, generate_shard_task, plan_task, split_export_task, stats_task
+from tasks.common import configure_results
+
+
+@flow(name="build_dataset", log_prints=True)
+def build_dataset(
+    source: str = "sample",
+    dataset: str = "sample-instruct",
+    generator: Literal["offline", "llm"] = "offline",
+    questions_per_image: int = 10,
+    llm: LLMSettings | None = None,
+    llm_qc: bool = False,
+    test_images: int = 200,
+    shard_size: int = 1000,
+    seed: int = 0,
+    exports: list[str] = list(DEFAULT_EXPORTS),  # noqa: B006 (Prefect needs a plain default)
+) -> dict[str, Any]:
+    """Generate hallucination (negative) and non-hallucination (positive) pairs for every image of
+    ``source``, quality-control them, split by image and export. Killed and re-run, it redoes only
+    unfinished shards; images added to the source are the only ones generated. API keys come from
+    the environment (MEDHALL_LLM_API_KEY), never from parameters."""
+    configure_results()
+    cfg = BuildConfig(
+        source=source, dataset=dataset, generator=generator, questions_per_image=questions_per_image,
+        llm=llm, llm_qc=llm_qc, test_images=test_images, shard_size=shard_size, seed=seed, exports=tuple(exports),
+    )
+    plan = plan_task(cfg)
+    print(f"{plan['n_images']} images: {plan['done']} shard(s) already done, {len(plan['todo'])} to do")
+    for shard in plan["todo"]:
+        generate_shard_task(cfg, plan["work_dir"], plan["stats_path"], shard["key"], shard["image_ids"], plan["run_id"])
+    tables = assemble_task(cfg, plan["work_dir"], plan["images_fingerprint"], plan["run_id"])
+    exported = split_export_task(cfg, plan["run_id"])
+    stats = stats_task(cfg)
+    return {"dataset": dataset, "run_id": plan["run_id"], "shards_run": len(plan["todo"]), **tables, **exported, "stats": stats}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(build_dataset())

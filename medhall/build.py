@@ -1,0 +1,338 @@
+"""Building an instruction dataset from an ingested corpus, shard by shard, resumably.
+
+The steps (each a Prefect task in ``flows/build_dataset.py``; each callable on its own here):
+
+1. :func:`prepare`: read the source images, compute the corpus statistics once, and plan
+   shards of the images that have no finished shard yet (resume is a set difference on
+   ``(image_id, caption hash)``);
+2. :func:`generate_shard`: instruction pairs for one shard, written atomically with a
+   completion marker (``<key>.done.json``) listing the shard's images;
+3. :func:`qc_shard`: rule checks (always) and the LLM self-check (when configured) of one
+   shard's pairs;
+4. :func:`assemble`: stream every finished shard of the images still in the source into the
+   ``instructions`` and ``qc_verdicts`` artifacts;
+5. :func:`split_and_export`: the image split, the ablation subsets and the exports;
+6. :func:`statistics`: counts by kind, category and modality, and the QC yield per reason.
+
+Killed mid-way, a re-run redoes only unfinished shards; images added to the source form new
+shards and only they are generated. Shard outputs live under
+``<home>/work/<dataset>/<generator key>/`` (the key hashes the generator's and QC's config
+and templates), so a change of generator settings starts a fresh set of shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from medhall.generate import OfflineConfig
+from medhall.ids import canonical_json, sha256_hex
+from medhall.store import ArtifactStore
+
+DONE_SUFFIX = ".done.json"
+DEFAULT_EXPORTS = ("llava", "llamafactory", "medhalltune", "parquet")
+
+
+class LLMSettings(BaseModel):
+    """Where LLM calls go (generation and the QC self-check). The key comes from the environment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Literal["openai", "transformers", "fake"] = "openai"
+    model: str | None = Field(None, description="Model name; default from MEDHALL_LLM_MODEL.")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL; default from MEDHALL_LLM_BASE_URL.")
+    text_only: bool = Field(False, description="Send the caption without the image (LLaVA-Med's way).")
+    concurrency: int = Field(16, ge=1, le=1024)
+    max_cost_usd: float | None = Field(None, description="Stop new calls before this is exceeded.")
+
+
+class BuildConfig(BaseModel):
+    """Everything that decides a build's output (all of it is recorded in the manifests)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(..., description="Dataset whose images (and captions) are the input.")
+    dataset: str = Field(..., description="Dataset to write the instruction tables to.")
+    generator: Literal["offline", "llm"] = "offline"
+    offline: OfflineConfig = Field(default_factory=OfflineConfig)
+    questions_per_image: int = Field(10, ge=1, le=100)
+    llm: LLMSettings | None = Field(None, description="LLM endpoint, for generator='llm' and/or llm_qc.")
+    llm_qc: bool = Field(False, description="Run the LLM self-check (sees only the caption) besides the rules.")
+    min_answer_words: int = Field(3, ge=0)
+    shard_size: int = Field(1000, ge=1)
+    test_images: int = Field(200, ge=0)
+    split_by: tuple[str, ...] = ("modality",)
+    seed: int = 0
+    fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    exports: tuple[str, ...] = DEFAULT_EXPORTS
+
+    def offline_config(self) -> OfflineConfig:
+        """The offline generator's settings with this build's pairs per image and seed."""
+        return self.offline.model_copy(update={"questions_per_image": self.questions_per_image, "seed": self.seed})
+
+    def generator_key(self) -> str:
+        """Hash of what decides a shard's content: generator, its config and templates, QC."""
+        from medhall.generate import template_hash
+
+        gen: dict[str, Any] = {"generator": self.generator, "qpi": self.questions_per_image, "seed": self.seed}
+        if self.generator == "offline":
+            gen["offline"] = self.offline_config().model_dump()
+            gen["templates"] = template_hash()
+        else:
+            from medhall.generate.llm import LLMGenerator
+
+            gen["llm"] = LLMGenerator.key_parts(self)
+        gen["qc"] = {"min_words": self.min_answer_words, "llm_qc": self.llm_qc}
+        if self.llm_qc:
+            from medhall.qc.llm_check import LLMSelfCheck
+
+            gen["qc"]["llm"] = LLMSelfCheck.key_parts(self)
+        return sha256_hex(canonical_json(gen))[:16]
+
+
+@dataclass(frozen=True)
+class Shard:
+    key: str
+    image_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`prepare` decided: where shards live, which are still to do."""
+
+    work_dir: Path
+    images_fingerprint: str
+    stats_path: Path
+    todo: tuple[Shard, ...]
+    done: int  # shards already finished
+    n_images: int
+
+
+def work_dir(store: ArtifactStore, cfg: BuildConfig) -> Path:
+    return store.root / "work" / cfg.dataset / cfg.generator_key()
+
+
+def _caption_key(image_id: str, caption: str | None) -> str:
+    return f"{image_id}:{sha256_hex(caption or '')[:12]}"
+
+
+def _image_keys(images: pa.Table) -> list[str]:
+    return [_caption_key(i, c) for i, c in zip(images.column("image_id").to_pylist(), images.column("caption").to_pylist(), strict=True)]
+
+
+def finished(wd: Path) -> dict[str, list[str]]:
+    """Finished shards: key -> the image keys it covers (from the completion markers)."""
+    out = {}
+    for marker in (wd / "shards").glob(f"*{DONE_SUFFIX}"):
+        out[marker.name[: -len(DONE_SUFFIX)]] = json.loads(marker.read_text())["images"]
+    return out
+
+
+def source_images(store: ArtifactStore, cfg: BuildConfig) -> tuple[pa.Table, str]:
+    art = store.get("images", cfg.source)
+    images = art.read(columns=["image_id", "dataset", "caption", "modality", "body_part", "image_ref", "image_path"])
+    return images, art.fingerprint
+
+
+def prepare(store: ArtifactStore, cfg: BuildConfig) -> Plan:
+    """Statistics of the whole corpus, and the shards still to generate."""
+    from medhall.generate import corpus_statistics
+
+    images, fingerprint = source_images(store, cfg)
+    wd = work_dir(store, cfg)
+    (wd / "shards").mkdir(parents=True, exist_ok=True)
+    stats_path = wd / f"corpus-stats-{fingerprint[:16]}.json"
+    if not stats_path.exists():
+        _atomic_write(stats_path, corpus_statistics(images.column("caption").to_pylist()).to_json().encode())
+    done_keys = {k for keys in finished(wd).values() for k in keys}
+    keys = _image_keys(images)
+    order = sorted((k, i) for i, k in enumerate(keys) if k not in done_keys)
+    todo = []
+    for start in range(0, len(order), cfg.shard_size):
+        chunk = order[start : start + cfg.shard_size]
+        ids = tuple(images.column("image_id")[i].as_py() for _, i in chunk)
+        todo.append(Shard(sha256_hex(canonical_json([k for k, _ in chunk]))[:16], ids))
+    return Plan(wd, fingerprint, stats_path, tuple(todo), len(finished(wd)), images.num_rows)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_parquet(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _shard_images(store: ArtifactStore, cfg: BuildConfig, shard: Shard, images: pa.Table | None = None) -> pa.Table:
+    if images is None:
+        images, _ = source_images(store, cfg)
+    return images.filter(pc.is_in(images.column("image_id"), pa.array(shard.image_ids)))
+
+
+def make_generator(cfg: BuildConfig, store: ArtifactStore):
+    """The configured generator: an object with ``generate(images, corpus_stats) -> instructions``."""
+    if cfg.generator == "offline":
+        from medhall.generate import OfflineGenerator
+
+        return OfflineGenerator(cfg.offline_config())
+    from medhall.generate.llm import LLMGenerator
+
+    return LLMGenerator.from_build(cfg, store)
+
+
+def generate_shard(
+    store: ArtifactStore, cfg: BuildConfig, plan_dir: Path, stats_path: Path, shard: Shard, run_id: str,
+    *, all_images: pa.Table | None = None, stats: Any = None,
+) -> Path:
+    """Generate one shard's pairs, then QC them; the marker is written last (the shard is done).
+
+    ``all_images`` and ``stats`` may be passed by a caller that already holds them.
+    """
+    from medhall.generate import CorpusStats
+
+    out = plan_dir / "shards" / f"{shard.key}.parquet"
+    images = _shard_images(store, cfg, shard, all_images)
+    stats = stats or CorpusStats.from_json(stats_path.read_text())
+    pairs = make_generator(cfg, store).generate(images, stats, run_id=run_id)
+    pairs = pairs.set_column(pairs.schema.get_field_index("dataset"), "dataset", pa.array([cfg.dataset] * pairs.num_rows, pa.string()))
+    verdicts = qc_pairs(store, cfg, pairs, images, run_id)
+    _atomic_parquet(out, pairs)
+    _atomic_parquet(out.with_suffix(".qc.parquet"), verdicts)
+    _atomic_write(
+        plan_dir / "shards" / f"{shard.key}{DONE_SUFFIX}",
+        json.dumps({"images": _image_keys(images), "pairs": pairs.num_rows, "verdicts": verdicts.num_rows}).encode(),
+    )
+    return out
+
+
+def qc_pairs(store: ArtifactStore, cfg: BuildConfig, pairs: pa.Table, images: pa.Table, run_id: str) -> pa.Table:
+    """Rule checks, plus the LLM self-check when configured."""
+    from medhall.qc.rules import rule_checks
+
+    verdicts = [rule_checks(pairs, min_words=cfg.min_answer_words, run_id=run_id)]
+    if cfg.llm_qc:
+        from medhall.qc.llm_check import LLMSelfCheck
+
+        verdicts.append(LLMSelfCheck.from_build(cfg, store).check(pairs, images, run_id=run_id))
+    return pa.concat_tables(verdicts)
+
+
+def _shard_tables(plan_dir: Path, keep: set[str], suffix: str) -> Iterator[pa.Table]:
+    for key, image_keys in sorted(finished(plan_dir).items()):
+        if keep.intersection(image_keys):
+            t = pq.read_table(plan_dir / "shards" / f"{key}{suffix}")
+            yield t
+
+
+def assemble(store: ArtifactStore, cfg: BuildConfig, plan_dir: Path, images_fingerprint: str, run_id: str) -> dict[str, Any]:
+    """Stream the finished shards of the images still in the source into the two artifacts."""
+    images, _ = source_images(store, cfg)
+    keep = set(_image_keys(images))
+    current = pa.array(images.column("image_id").to_pylist())
+    config = {"build": cfg.model_dump(mode="json"), "generator_key": cfg.generator_key()}
+
+    def only_current(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        for t in tables:
+            yield t.filter(pc.is_in(t.column("image_id"), current)) if "image_id" in t.column_names else t
+
+    instr = store.write(
+        "instructions", only_current(_shard_tables(plan_dir, keep, ".parquet")),
+        dataset=cfg.dataset, config=config, inputs=[images_fingerprint], run_id=run_id,
+    )
+    kept_ids = pq.read_table(instr.data_path, columns=["qa_id"]).column("qa_id").combine_chunks()
+    verdicts = (
+        t.filter(pc.is_in(t.column("qa_id"), kept_ids)) for t in _shard_tables(plan_dir, keep, ".qc.parquet")
+    )
+    qc = store.write("qc_verdicts", verdicts, dataset=cfg.dataset, config=config, inputs=[instr.fingerprint], run_id=run_id)
+    source = store.get("images", cfg.source).read()
+    source = source.set_column(source.schema.get_field_index("dataset"), "dataset", pa.array([cfg.dataset] * source.num_rows, pa.string()))
+    store.write("images", source, dataset=cfg.dataset, config=config, inputs=[images_fingerprint], run_id=run_id)
+    return {"instructions": instr, "qc_verdicts": qc}
+
+
+def split_and_export(store: ArtifactStore, cfg: BuildConfig, run_id: str) -> dict[str, Any]:
+    """The image split, the ablation subsets (as exports of their own) and every export."""
+    from medhall.export import export_all
+    from medhall.split import ablation_subsets, check_no_leak, filtered, split_by_image
+
+    images = store.read("images", cfg.dataset)
+    instr_art = store.get("instructions", cfg.dataset)
+    instructions = instr_art.read()
+    verdicts = store.read("qc_verdicts", cfg.dataset)
+    splits = split_by_image(images, test_images=min(cfg.test_images, images.num_rows), seed=cfg.seed, by=list(cfg.split_by), run_id=run_id)
+    check_no_leak(splits, instructions)
+    split_art = store.write("splits", splits, dataset=cfg.dataset, config={"build": cfg.model_dump(mode="json")}, inputs=[instr_art.fingerprint], run_id=run_id)
+    out_dir = store.root / "exports" / cfg.dataset / f"v{instr_art.version:06d}"
+    written = {"filtered": export_all(filtered(instructions, verdicts), images, splits, out_dir / "filtered", cfg.exports, name=cfg.dataset)}
+    for name, subset in ablation_subsets(instructions, verdicts, splits, fractions=cfg.fractions, seed=cfg.seed).items():
+        train_only = splits.filter(pc.equal(splits.column("split"), "train"))
+        written[name] = export_all(subset, images, train_only, out_dir / "subsets" / name, ["parquet"], name=f"{cfg.dataset}_{name}")
+    return {"splits": split_art, "exports": written, "export_dir": out_dir}
+
+
+def statistics(store: ArtifactStore, cfg: BuildConfig) -> dict[str, pa.Table]:
+    """Counts by kind, category, modality; QC yield per reason (as the paper's 7.3 % filtered)."""
+    from medhall.qc.rules import qc_summary
+
+    instructions = store.read("instructions", cfg.dataset)
+    images = store.read("images", cfg.dataset).select(["image_id", "modality"])
+    verdicts = store.read("qc_verdicts", cfg.dataset)
+    joined = instructions.select(["qa_id", "image_id", "kind", "category"]).join(images, "image_id")
+    counts = joined.group_by(["kind", "category"]).aggregate([("qa_id", "count")]).rename_columns(["kind", "category", "pairs"])
+    by_modality = joined.group_by(["modality", "kind"]).aggregate([("qa_id", "count")]).rename_columns(["modality", "kind", "pairs"])
+    return {
+        "by_category": counts.sort_by([("kind", "ascending"), ("pairs", "descending")]),
+        "by_modality": by_modality.sort_by([("modality", "ascending"), ("kind", "ascending")]),
+        "qc": qc_summary(verdicts, instructions.num_rows),
+    }
+
+
+def run_build(store: ArtifactStore, cfg: BuildConfig, *, max_shards: int | None = None) -> dict[str, Any]:
+    """The whole build in one process (what the flow does with tasks). ``max_shards`` stops early (tests)."""
+    from medhall.generate import CorpusStats
+    from medhall.ids import run_id as make_run_id
+
+    plan = prepare(store, cfg)
+    rid = make_run_id("build", cfg.model_dump(mode="json"), [plan.images_fingerprint])
+    images, _ = source_images(store, cfg)
+    stats = CorpusStats.from_json(plan.stats_path.read_text())
+    for i, shard in enumerate(plan.todo):
+        if max_shards is not None and i >= max_shards:
+            return {"plan": plan, "stopped_after": i}
+        generate_shard(store, cfg, plan.work_dir, plan.stats_path, shard, rid, all_images=images, stats=stats)
+    arts = assemble(store, cfg, plan.work_dir, plan.images_fingerprint, rid)
+    out = split_and_export(store, cfg, rid)
+    return {"plan": plan, "run_id": rid, **arts, **out, "statistics": statistics(store, cfg)}
+
+
+__all__: Sequence[str] = [
+    "BuildConfig",
+    "LLMSettings",
+    "Plan",
+    "Shard",
+    "assemble",
+    "finished",
+    "generate_shard",
+    "prepare",
+    "qc_pairs",
+    "run_build",
+    "split_and_export",
+    "statistics",
+]

@@ -1,0 +1,72 @@
+"""LLaVA conversation JSON (the LLaVA / LLaVA-Med fine-tuning format).
+
+One JSON array; by default one record per pair::
+
+    {"id": "<qa_id>", "image": "<path>",
+     "conversations": [{"from": "human", "value": "<image>\\n<question>"},
+                       {"from": "gpt", "value": "<answer>"}]}
+
+With ``multi_turn=True``, one record per image (``id`` = ``image_id``) whose conversation
+holds all its pairs in ``qa_id`` order; only the first human turn carries ``<image>``.
+Pairs without an answer are left out (nothing to learn; the count is logged).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from medhall.export.base import (
+    PathLike,
+    human_turn,
+    iter_records,
+    output_path,
+    write_json_records,
+)
+
+FORMAT = "llava"
+
+
+def conversation(rows: Iterable[dict[str, Any]], *, sep: str = "\n") -> list[dict[str, str]]:
+    """ShareGPT-style turns (``from`` human / gpt) for one image's pairs; ``<image>`` leads the first."""
+    turns: list[dict[str, str]] = []
+    for i, r in enumerate(rows):
+        turns.append({"from": "human", "value": human_turn(r["question"], first=i == 0, sep=sep)})
+        turns.append({"from": "gpt", "value": r["answer"]})
+    return turns
+
+
+def by_image(rows: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive rows of one image as a list (the view is ordered by image)."""
+    for _, group in itertools.groupby(rows, key=lambda r: r["image_id"]):
+        yield list(group)
+
+
+def llava_records(rows: Iterable[dict[str, Any]], *, multi_turn: bool = False) -> Iterator[dict[str, Any]]:
+    """LLaVA records from view rows (:func:`medhall.export.base.iter_records`)."""
+    if multi_turn:
+        for group in by_image(rows):
+            yield {"id": group[0]["image_id"], "image": group[0]["image"], "conversations": conversation(group)}
+    else:
+        for r in rows:
+            yield {"id": r["qa_id"], "image": r["image"], "conversations": conversation([r])}
+
+
+def write_llava(
+    instructions: pa.Table,
+    images: pa.Table,
+    out_dir: PathLike,
+    *,
+    name: str,
+    split: str | None = None,
+    image_root: PathLike | None = None,
+    multi_turn: bool = False,
+) -> list[Path]:
+    """Write ``<out_dir>/<name>_<split>.json`` (a JSON array, streamed); returns ``[path]``."""
+    path = output_path(out_dir, name, split, ".json")
+    rows = iter_records(instructions, images, image_root=image_root, answered_only=True)
+    return [write_json_records(path, llava_records(rows, multi_turn=multi_turn))]

@@ -1,0 +1,124 @@
+"""The MedHallTune release layout: one JSONL file per kind.
+
+``<name>_<split>_positive_qa.jsonl`` and ``<name>_<split>_negative_qa.jsonl``, one line per
+pair, as in the release's ``val_*_qa-filtered.jsonl``::
+
+    {"question_id": 0, "image": "34760421_FIG1.jpg",
+     "text": "<question>\\n<image>", "gpt4_answer": "<answer>", "fig_caption": "<caption>"}
+
+``image`` is the file name of the image's ``image_ref`` (the release names images by file
+name; they live in the hub dataset). Lines are ordered by ``question_id``; a file is written
+for each kind even when it is empty. Every pair needs a ``kind`` (positive / negative).
+
+``question_id`` (:func:`question_ids`), unique within a kind like the release's:
+
+- kept from ``source_qa_id`` when every pair has an integer one, unique per kind (rows read
+  from the release: exporting them reproduces the release's ids);
+- otherwise 0, 1, 2, ... per kind in ``qa_id`` order (stable: the same pairs get the same ids
+  in every run; adding pairs renumbers those after them).
+
+An ``int64`` column ``question_id`` already in the instructions is used as is;
+:func:`medhall.export.export_all` adds one over all splits together, so train and test ids
+never collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from medhall.export.base import (
+    IMAGE_TOKEN,
+    PathLike,
+    iter_records,
+    output_path,
+    sorted_rows,
+    write_json_records,
+)
+from medhall.schema import KINDS
+
+FORMAT = "medhalltune"
+QUESTION_ID = "question_id"
+
+
+def _source_ids(instructions: pa.Table) -> pa.ChunkedArray | None:
+    """``source_qa_id`` as int64 when every row has an integer one, unique per kind; else None."""
+    if "source_qa_id" not in instructions.column_names or instructions.num_rows == 0:
+        return None
+    src = instructions.column("source_qa_id")
+    if src.null_count or not pc.all(pc.match_substring_regex(src, r"^\d{1,18}$")).as_py():
+        return None
+    ids = src.cast(pa.int64())
+    distinct = pa.table({"kind": instructions.column("kind"), "q": ids}).group_by(["kind", "q"]).aggregate([])
+    return ids if distinct.num_rows == instructions.num_rows else None
+
+
+def _sequential_ids(instructions: pa.Table) -> pa.Array:
+    """0, 1, 2, ... within each kind, in ``qa_id`` order."""
+    kinds = pc.fill_null(instructions.column("kind"), "")
+    qa = instructions.column("qa_id")
+    ids = np.zeros(instructions.num_rows, dtype=np.int64)
+    for kind in pc.unique(kinds).to_pylist():
+        pos = np.flatnonzero(pc.equal(kinds, kind).to_numpy())
+        order = pc.sort_indices(qa.take(pa.array(pos))).to_numpy()
+        ids[pos[order]] = np.arange(len(pos))
+    return pa.array(ids)
+
+
+def question_ids(instructions: pa.Table) -> pa.Array | pa.ChunkedArray:
+    """The release ``question_id`` of each pair (rules in the module docstring)."""
+    kept = _source_ids(instructions)
+    return kept if kept is not None else _sequential_ids(instructions)
+
+
+def with_question_ids(instructions: pa.Table) -> pa.Table:
+    """``instructions`` with a ``question_id`` column (unchanged when it has one)."""
+    if QUESTION_ID in instructions.column_names:
+        return instructions
+    return instructions.append_column(QUESTION_ID, question_ids(instructions))
+
+
+def release_records(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Release lines from view rows."""
+    for r in rows:
+        yield {
+            "question_id": r[QUESTION_ID],
+            "image": r["image_name"],
+            "text": f"{r['question']}\n{IMAGE_TOKEN}",
+            "gpt4_answer": r["answer"],
+            "fig_caption": r["caption"],
+        }
+
+
+def _check_kinds(instructions: pa.Table) -> None:
+    kinds = instructions.column("kind")
+    bad = pc.invert(pc.fill_null(pc.is_in(kinds, value_set=pa.array(KINDS)), False))
+    count = pc.sum(bad).as_py() or 0
+    if count:
+        raise ValueError(f"medhalltune export: {count} pair(s) have no kind (positive/negative); the release has one file per kind")
+
+
+def write_medhalltune(
+    instructions: pa.Table,
+    images: pa.Table,
+    out_dir: PathLike,
+    *,
+    name: str,
+    split: str | None = None,
+) -> list[Path]:
+    """Write ``<name>_<split>_positive_qa.jsonl`` and ``..._negative_qa.jsonl``; returns both paths."""
+    _check_kinds(instructions)
+    table = with_question_ids(instructions)
+    order = sorted_rows(table, (("kind", "ascending"), (QUESTION_ID, "ascending"), ("qa_id", "ascending")))
+    kinds = table.column("kind").take(order)
+    paths = []
+    for kind in KINDS:
+        rows = order.filter(pc.equal(kinds, kind))
+        records = release_records(iter_records(table, images, rows=rows))
+        paths.append(write_json_records(output_path(out_dir, name, split, f"_{kind}_qa.jsonl"), records, lines=True))
+    return paths

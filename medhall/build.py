@@ -261,9 +261,6 @@ def assemble(store: ArtifactStore, cfg: BuildConfig, plan_dir: Path, images_fing
         t.filter(pc.is_in(t.column("qa_id"), kept_ids)) for t in _shard_tables(plan_dir, keep, ".qc.parquet")
     )
     qc = store.write("qc_verdicts", verdicts, dataset=cfg.dataset, config=config, inputs=[instr.fingerprint], run_id=run_id)
-    source = store.get("images", cfg.source).read()
-    source = source.set_column(source.schema.get_field_index("dataset"), "dataset", pa.array([cfg.dataset] * source.num_rows, pa.string()))
-    store.write("images", source, dataset=cfg.dataset, config=config, inputs=[images_fingerprint], run_id=run_id)
     return {"instructions": instr, "qc_verdicts": qc}
 
 
@@ -272,7 +269,7 @@ def split_and_export(store: ArtifactStore, cfg: BuildConfig, run_id: str) -> dic
     from medhall.export import export_all
     from medhall.split import ablation_subsets, check_no_leak, filtered, split_by_image
 
-    images = store.read("images", cfg.dataset)
+    images = store.read("images", cfg.source)  # the build's images are its source's (not copied)
     instr_art = store.get("instructions", cfg.dataset)
     instructions = instr_art.read()
     verdicts = store.read("qc_verdicts", cfg.dataset)
@@ -292,7 +289,7 @@ def statistics(store: ArtifactStore, cfg: BuildConfig) -> dict[str, pa.Table]:
     from medhall.qc.rules import qc_summary
 
     instructions = store.read("instructions", cfg.dataset)
-    images = store.read("images", cfg.dataset).select(["image_id", "modality"])
+    images = store.read("images", cfg.source).select(["image_id", "modality"])
     verdicts = store.read("qc_verdicts", cfg.dataset)
     joined = instructions.select(["qa_id", "image_id", "kind", "category"]).join(images, "image_id")
     counts = joined.group_by(["kind", "category"]).aggregate([("qa_id", "count")]).rename_columns(["kind", "category", "pairs"])

@@ -85,30 +85,106 @@ def _print_summary(summary) -> None:
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    local: Annotated[
+        bool, typer.Option("--local", help="Run the steps in-process instead of as a Prefect flow.")
+    ] = False,
+) -> None:
     """The main job on the embedded default: no API key, no GPU, no download.
 
     Materialises the embedded sample corpus (real medical images shipped by pydicom,
-    pydicom-data and scikit-image, with written captions), ingests it, writes the tables,
-    statistics and chart, and prints how to query them.
+    pydicom-data, scikit-image, nibabel and nilearn, with written captions), ingests it, builds
+    an instruction dataset from it (offline generator, rule QC, split, exports), writes the
+    statistics and chart, and prints how to query the tables. It runs as the Prefect flow
+    ``build_default`` (against PREFECT_API_URL if set, else an ephemeral local server).
     """
-    from medhall.jobs import run_default
-
     store = _store()
-    with console.status("building the embedded default..."):
-        out = run_default(store)
-    _print_summary(out.ingest.summary)
-    for name, art in out.ingest.artifacts.items():
-        console.print(f"  [green]{name:<13}[/] {art.rows:>6} rows  {art.data_path}")
-    console.print(f"  stats          {out.stats_csv}\n  chart          {out.stats_png}")
-    console.print(f"  catalog        {out.catalog}")
-    console.print(
-        "\nQuery it:\n"
-        '  medhall sql "select modality, count(*) from images group by 1"\n'
-        f"  duckdb -readonly {out.catalog}"
-    )
-    if not out.ingest.ok:
+    if local:
+        from medhall.jobs import run_default
+
+        with console.status("building the embedded default..."):
+            out = run_default(store)
+        ok = out.ingest.ok
+        _print_summary(out.ingest.summary)
+    else:
+        from flows.default import build_default
+
+        ok = build_default()["ok"]
+    _print_outcome(store)
+    if not ok:
         raise typer.Exit(1)
+
+
+def _print_outcome(store) -> None:
+    from medhall.jobs import DEFAULT_BUILD, DEFAULT_DATASET
+    from medhall.store import build_catalog
+
+    catalog = build_catalog(store)
+    console.print(f"\n[bold]Tables[/] (store: {store.root})")
+    for ds in (DEFAULT_DATASET, DEFAULT_BUILD):
+        for table in ("images", "instructions", "qc_verdicts", "splits", "quarantine"):
+            art = store.latest(table, ds)
+            if art is not None:
+                console.print(f"  [green]{art.name:<40}[/] {art.rows:>6} rows")
+    reports = store.root / "reports" / DEFAULT_BUILD
+    exports = store.root / "exports" / DEFAULT_BUILD
+    for label, path in (("statistics", reports / "stats.csv"), ("chart", reports / "stats.png"), ("exports", exports), ("catalog", catalog)):
+        console.print(f"  {label:<11} {path}", soft_wrap=True)
+    console.print(
+        "\nQuery them:\n"
+        '  medhall sql "select modality, count(*) from images group by 1"\n'
+        '  medhall sql "select kind, category, count(*) from instructions group by all order by all"\n'
+        '  medhall sql "select * from filtered_instructions limit 5"\n'
+        f"  duckdb -readonly {catalog}",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def build(
+    source: Annotated[str, typer.Option("--source", "-s", help="Ingested dataset to build from.")] = "sample",
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset to write.")] = "sample-instruct",
+    generator: Annotated[str, typer.Option(help="offline (deterministic, no LLM) or llm.")] = "offline",
+    questions_per_image: Annotated[int, typer.Option("--questions-per-image", "-q")] = 10,
+    llm_qc: Annotated[bool, typer.Option("--llm-qc/--no-llm-qc", help="LLM self-check (sees only the caption).")] = False,
+    backend: Annotated[str, typer.Option(help="LLM backend: openai (any compatible server), transformers, fake.")] = "openai",
+    model: Annotated[str | None, typer.Option(help="LLM model (default MEDHALL_LLM_MODEL).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible URL (default MEDHALL_LLM_BASE_URL).")] = None,
+    text_only: Annotated[bool, typer.Option("--text-only", help="Send captions without images.")] = False,
+    max_cost: Annotated[float | None, typer.Option("--max-cost", help="Budget cap in USD for LLM calls.")] = None,
+    test_images: Annotated[int, typer.Option(help="Images in the test split.")] = 200,
+    shard_size: Annotated[int, typer.Option(help="Images per shard (one task each).")] = 1000,
+    seed: Annotated[int, typer.Option()] = 0,
+    local: Annotated[bool, typer.Option("--local", help="In-process instead of a Prefect flow.")] = False,
+) -> None:
+    """Build a quality-controlled instruction dataset (negative + positive pairs) from a corpus.
+
+    The API key is read from MEDHALL_LLM_API_KEY (or OPENAI_API_KEY), never from options.
+    """
+    from medhall.build import BuildConfig, LLMSettings, run_build
+
+    uses_llm = generator == "llm" or llm_qc
+    llm = LLMSettings(backend=backend, model=model, base_url=base_url, text_only=text_only, max_cost_usd=max_cost) if uses_llm else None
+    try:
+        cfg = BuildConfig(
+            source=source, dataset=dataset, generator=generator, questions_per_image=questions_per_image, llm=llm,
+            llm_qc=llm_qc, test_images=test_images, shard_size=shard_size, seed=seed,
+        )
+    except ValueError as e:
+        _fail(str(e))
+    store = _store()
+    if local:
+        with console.status(f"building {dataset} from {source}..."):
+            run_build(store, cfg)
+    else:
+        from flows.build_dataset import build_dataset
+
+        build_dataset(**{k: getattr(cfg, k) for k in ("source", "dataset", "generator", "questions_per_image", "llm", "llm_qc", "test_images", "shard_size", "seed")})
+    from medhall.build import statistics
+
+    for name, table in statistics(store, cfg).items():
+        console.print(_arrow_to_rich(table, title=name, limit=100))
+    console.print(f"exports: {store.root / 'exports' / dataset}")
 
 
 @app.command()

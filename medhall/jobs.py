@@ -82,11 +82,21 @@ def ingest_to_store(
     return IngestOutcome(dataset, rid, arts, result.summary, bool(result.ok))
 
 
-def write_stats(store: ArtifactStore, dataset: str) -> tuple[Path, Path]:
-    """Counts by modality / body part (and kind / category) as CSV and PNG under reports/."""
+def images_source(store: ArtifactStore, dataset: str) -> str:
+    """The dataset holding ``dataset``'s images: itself, or the source a build was made from."""
+    if store.latest("images", dataset) is None and (instr := store.latest("instructions", dataset)):
+        return instr.manifest.get("config", {}).get("build", {}).get("source", dataset)
+    return dataset
+
+
+def write_stats(store: ArtifactStore, dataset: str, images_dataset: str | None = None) -> tuple[Path, Path]:
+    """Counts by modality / body part (and kind / category) as CSV and PNG under reports/.
+
+    ``images_dataset``: where the images are when ``dataset`` is a build (builds do not copy them).
+    """
     from medhall.report.stats import dataset_stats, plot_stats
 
-    images = store.read("images", dataset)
+    images = store.read("images", images_dataset or images_source(store, dataset))
     latest_instr = store.latest("instructions", dataset)
     stats = dataset_stats(images, latest_instr.read() if latest_instr else None)
     out_dir = store.root / "reports" / dataset
@@ -119,7 +129,7 @@ def run_default(store: ArtifactStore, dataset: str = DEFAULT_DATASET, build: str
     outcome = ingest_to_store("llava_med_captions", [captions], dataset=dataset, store=store)
     built = run_build(store, default_build_config(dataset, build)) if outcome.ok else {}
     write_stats(store, dataset)
-    stats_csv, stats_png = write_stats(store, build) if built else write_stats(store, dataset)
+    stats_csv, stats_png = write_stats(store, build, dataset) if built else write_stats(store, dataset)
     catalog = build_catalog(store)
     return DefaultOutcome(outcome, built, stats_csv, stats_png, catalog, {"corpus_dir": corpus_dir})
 

@@ -74,7 +74,7 @@ def stats_task(cfg: BuildConfig) -> dict[str, Any]:
     from medhall.jobs import write_stats
 
     tables = build.statistics(store(), cfg)
-    csv_path, png = write_stats(store(), cfg.dataset)
+    csv_path, png = write_stats(store(), cfg.dataset, cfg.source)
     key = _key(cfg.dataset)
     for name, table in tables.items():
         create_table_artifact(table=table.to_pylist(), key=f"{key}-{name.replace('_', '-')}", description=f"{cfg.dataset}: {name}")

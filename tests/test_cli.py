@@ -18,7 +18,7 @@ def run(*args):
 
 def test_version_and_help_on_every_command():
     assert run("--version").stdout.strip() == f"medhall {__version__}"
-    for cmd in ("demo", "ingest", "sample", "stats", "sql", "tables", "schema", "catalog"):
+    for cmd in ("demo", "build", "ingest", "sample", "stats", "sql", "tables", "schema", "catalog"):
         r = run(cmd, "--help")
         assert r.exit_code == 0 and "Usage" in r.stdout, cmd
 
@@ -27,7 +27,7 @@ def test_version_and_help_on_every_command():
 def demo_home(tmp_path_factory):
     """One run of the main job shared by the tests below (it takes a few seconds)."""
     home = tmp_path_factory.mktemp("demo")
-    r = runner.invoke(app, ["--home", str(home), "demo"], catch_exceptions=False)
+    r = runner.invoke(app, ["--home", str(home), "demo", "--local"], catch_exceptions=False)
     assert r.exit_code == 0, r.stdout
     return home, r.stdout
 

@@ -162,6 +162,8 @@ JUDGMENTS = _schema(
         Field("status", pa.string(), "ok or failed (never a default score).", False),
         Field("attempts", pa.int32(), "Judge calls made for this row."),
         Field("anchor_model", pa.string(), "Baseline model whose scored answer was the in-context anchor."),
+        Field("rubric_hash", pa.string(), "16 hex of the judge templates' SHA-256 (medhall/prompts/judge/<version>)."),
+        Field("error", pa.string(), "Why the judgment failed (a parse failure's reason code and detail)."),
         RUN_ID,
     ],
 )

@@ -13,8 +13,8 @@ stamp="$VENV/.setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-
 # has it. Installed when we may (root with apt-get); otherwise METEOR says how to get it.
 if ! dpkg -s wordnet-base >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get install -y -qq wordnet-base >/dev/null 2>&1 \
-      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wordnet-base >/dev/null 2>&1; } \
+    apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null 2>&1; } \
       || echo "warning: could not install wordnet-base; METEOR will be unavailable" >&2
   else
     echo "note: METEOR needs WordNet: sudo apt-get install wordnet-base" >&2

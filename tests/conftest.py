@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,3 +48,33 @@ def medhalltune_dir() -> Path:
             "the real-release tests need the MedHallTune files there"
         )
     return MEDHALLTUNE
+
+
+SERVER_PATH = Path(__file__).resolve().parent / "llm" / "server.py"
+
+
+def _load_server_module() -> Any:
+    """tests/llm/server.py as a module (it is no package)."""
+    name = "medhall_llm_test_server"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SERVER_PATH)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses need the module registered before it runs
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def llm_server() -> Iterator[Any]:
+    """One local OpenAI-compatible server process (loopback) for the session; tests reconfigure it."""
+    with _load_server_module().ServerProcess() as server:
+        yield server
+
+
+@pytest.fixture()
+def server(llm_server: Any) -> Any:
+    """The session server, reset: no latency, no faults, any key accepted, counts zeroed."""
+    llm_server.configure(latency=0.0, fault_rate=0.0, api_key=None, json_schema=True, retry_after="0.05",
+                         hang_s=30.0, responder=None)
+    llm_server.reset()
+    return llm_server

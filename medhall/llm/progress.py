@@ -1,0 +1,62 @@
+"""A rich progress display for long batches: done/total, rate, ETA, tokens, cost, failures."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from medhall.llm.types import ChatResult
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:,.1f} req/s", style="progress.data.speed")
+
+
+class BatchProgress:
+    """Context manager; :meth:`update` once per finished result. Disabled: does nothing."""
+
+    def __init__(self, total: int, *, enabled: bool = True, description: str = "LLM calls") -> None:
+        self.enabled = enabled and total > 0
+        self.tokens = self.failed = self.cached = 0
+        self.cost = 0.0
+        self._progress: Progress | None = None
+        self._task = None
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                TimeRemainingColumn(), TextColumn("{task.fields[tokens]:,} tok"),
+                TextColumn("${task.fields[cost]:.4f}"), TextColumn("{task.fields[cached]:,} cached"),
+                TextColumn("[red]{task.fields[failed]:,} failed"),
+            )
+            self._task = self._progress.add_task(description, total=total, tokens=0, cost=0.0, cached=0, failed=0)
+
+    def __enter__(self) -> BatchProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, result: ChatResult) -> None:
+        if self._progress is None or self._task is None:
+            return
+        self.tokens += result.usage.prompt_tokens + result.usage.completion_tokens
+        self.cost += result.cost_usd
+        self.cached += result.cached
+        self.failed += not result.ok
+        self._progress.update(self._task, advance=1, tokens=self.tokens, cost=self.cost,
+                              cached=self.cached, failed=self.failed)

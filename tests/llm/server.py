@@ -1,0 +1,316 @@
+"""A local OpenAI-compatible chat-completions server for tests and benchmarks.
+
+Runs in its own process (``python tests/llm/server.py --port 0``) so that the client under
+test gets a core of its own. It speaks just enough HTTP/1.1 (keep-alive, Content-Length) over
+a bare :mod:`asyncio` protocol to serve hundreds of requests per second on one core.
+
+Faults are scripted per request by a directive in the last user message,
+``[[fault:429,500]]`` (attempt 1 gets a 429, attempt 2 a 500, later attempts succeed), or
+drawn at random per attempt with ``fault_rate`` (deterministic in the body and the attempt
+number). Fault kinds:
+
+- ``429`` (with ``Retry-After: <retry_after>``), ``500``, ``503``, ``400``, ``404``;
+- ``hang``: say nothing for ``hang_s`` seconds (past the client's timeout), then close;
+- ``drop``: close the connection without answering;
+- ``malformed``: a 200 whose body is not JSON;
+- ``length``: a 200 whose completion is cut short (``finish_reason == "length"``).
+
+``[[reply:TEXT]]`` makes the completion exactly TEXT (e.g. a JSON object). Requests with a
+wrong bearer key get a 401 whose body quotes the key they sent, as some servers do, so tests
+can prove the client scrubs it.
+
+Control endpoints: ``POST /_config`` (JSON of :class:`Config` fields), ``GET /_stats``,
+``POST /_reset``. Stats count attempts and successful (billable) completions per body hash
+and per prompt, so tests can assert that nothing was paid twice; they also count image parts
+sent as data URLs and keep the last request body.
+
+:class:`ServerProcess` starts and drives it from tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+
+DIRECTIVE = re.compile(r"\[\[(fault|reply):(.*?)\]\]", re.S)
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+           429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+@dataclass
+class Config:
+    """Server behaviour, changeable at run time through ``POST /_config``."""
+
+    latency: float = 0.0
+    fault_rate: float = 0.0
+    fault_kinds: list[str] = field(default_factory=lambda: ["429", "500", "drop", "malformed", "hang"])
+    retry_after: str = "0.05"
+    hang_s: float = 30.0
+    api_key: str | None = None
+    json_schema: bool = True
+    seed: int = 0
+    #: "medhall": answer medhall's generation / QC prompts with valid JSON
+    #: (:func:`medhall.testing.scripted_reply`); other prompts get the usual echo.
+    responder: str | None = None
+
+
+@dataclass
+class Counts:
+    attempts: int = 0
+    served: int = 0
+
+
+class State:
+    """Configuration and per-body / per-prompt request counts."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.by_body: dict[str, Counts] = defaultdict(Counts)
+        self.by_prompt: dict[str, Counts] = defaultdict(Counts)
+        self.total = 0
+        self.response_formats = 0
+        self.images = 0
+        self.last_body: dict[str, Any] = {}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "served": sum(c.served for c in self.by_body.values()),
+            "response_formats": self.response_formats,
+            "images": self.images,
+            "last_body": self.last_body,
+            "by_body": {k: asdict(v) for k, v in self.by_body.items()},
+            "by_prompt": {k: asdict(v) for k, v in self.by_prompt.items()},
+        }
+
+
+def _prompt(body: dict[str, Any]) -> str:
+    """Text of the last user message."""
+    for msg in reversed(body.get("messages", [])):
+        if msg.get("role") == "user":
+            content = msg.get("content")
+            if isinstance(content, str):
+                return content
+            return " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+    return ""
+
+
+def _random_fault(cfg: Config, body_hash: str, attempt: int) -> str | None:
+    if cfg.fault_rate <= 0:
+        return None
+    digest = hashlib.sha256(f"{cfg.seed}:{body_hash}:{attempt}".encode()).digest()
+    if int.from_bytes(digest[:8], "big") / 2**64 >= cfg.fault_rate:
+        return None
+    return cfg.fault_kinds[digest[8] % len(cfg.fault_kinds)]
+
+
+def _completion(body: dict[str, Any], content: str, finish: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-local",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "local"),
+        "choices": [{"index": 0, "finish_reason": finish,
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": len(json.dumps(body.get("messages", []))) // 4 + 1,
+                  "completion_tokens": len(content) // 4 + 1,
+                  "total_tokens": 0},
+    }
+
+
+def _error(message: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": code, "code": code}}
+
+
+def _respond(cfg: Config, prompt: str) -> str | None:
+    if cfg.responder == "medhall":
+        from medhall.testing import scripted_reply
+
+        return scripted_reply(prompt)
+    return None
+
+
+class App:
+    """Routes one parsed HTTP request to a response (status, headers, body) or a drop."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    async def handle(self, method: str, path: str, headers: dict[str, str],
+                     raw: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        if path.endswith("/_stats"):
+            return 200, {}, json.dumps(self.state.stats()).encode()
+        if path.endswith("/_reset"):
+            self.state.reset()
+            return 200, {}, b"{}"
+        if path.endswith("/_config"):
+            self.state.config = Config(**{**asdict(self.state.config), **json.loads(raw or b"{}")})
+            return 200, {}, json.dumps(asdict(self.state.config)).encode()
+        if method == "POST" and path.endswith("/chat/completions"):
+            return await self.chat(headers, raw)
+        return 404, {}, json.dumps(_error(f"no route {path}", "not_found")).encode()
+
+    async def chat(self, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        st, cfg = self.state, self.state.config
+        body = json.loads(raw)
+        st.last_body = body
+        st.images += sum(1 for m in body.get("messages", []) if isinstance(m.get("content"), list)
+                         for p in m["content"] if p.get("type") == "image_url"
+                         and p["image_url"]["url"].startswith("data:image/"))
+        body_hash = hashlib.sha256(raw).hexdigest()
+        prompt = _prompt(body)
+        counts, pcounts = st.by_body[body_hash], st.by_prompt[prompt]
+        counts.attempts += 1
+        pcounts.attempts += 1
+        st.total += 1
+        sent_key = headers.get("authorization", "").removeprefix("Bearer ")
+        if cfg.api_key is not None and sent_key != cfg.api_key:
+            msg = f"Incorrect API key provided: {sent_key}"
+            return 401, {}, json.dumps(_error(msg, "invalid_api_key")).encode()
+        if body.get("response_format"):
+            st.response_formats += 1
+            if not cfg.json_schema:
+                return 400, {}, json.dumps(_error("response_format is not supported", "invalid_request")).encode()
+        directives = dict(DIRECTIVE.findall(prompt))
+        scripted = [f for f in directives.get("fault", "").split(",") if f]
+        fault = scripted[counts.attempts - 1] if counts.attempts <= len(scripted) else None
+        fault = fault or _random_fault(cfg, body_hash, counts.attempts)
+        if fault == "hang":  # never answered: the client times out first
+            await asyncio.sleep(cfg.hang_s)
+            return None
+        if cfg.latency:
+            await asyncio.sleep(cfg.latency)
+        if fault == "drop":
+            return None
+        if fault and fault.isdigit():
+            extra = {"Retry-After": cfg.retry_after} if fault == "429" else {}
+            return int(fault), extra, json.dumps(_error(f"injected {fault}", "injected")).encode()
+        if fault == "malformed":
+            return 200, {}, b'{"id": "chatcmpl-local", "choices": [{"message": '
+        content = directives.get("reply") or _respond(cfg, prompt) or f"echo: {prompt[:80]}"
+        if fault == "length":
+            return 200, {}, json.dumps(_completion(body, content[: len(content) // 2], "length")).encode()
+        counts.served += 1
+        pcounts.served += 1
+        return 200, {}, json.dumps(_completion(body, content, "stop")).encode()
+
+
+class HTTPProtocol(asyncio.Protocol):
+    """Minimal HTTP/1.1 with keep-alive and Content-Length bodies (no pipelining needed)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            size = int(headers.get("content-length", "0"))
+            if len(self.buf) < end + 4 + size:
+                return
+            body = bytes(self.buf[end + 4 : end + 4 + size])
+            del self.buf[: end + 4 + size]
+            method, path, _ = lines[0].split(" ", 2)
+            asyncio.ensure_future(self.respond(method, path, headers, body))
+
+    async def respond(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        result = await self.app.handle(method, path, headers, body)
+        transport = self.transport
+        if transport is None:
+            return
+        if result is None:
+            transport.abort()
+            return
+        status, extra, payload = result
+        head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}",
+                "Content-Type: application/json", f"Content-Length: {len(payload)}"]
+        head += [f"{k}: {v}" for k, v in extra.items()]
+        transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+
+
+async def serve(host: str, port: int, config: Config) -> None:
+    app = App(State(config))
+    server = await asyncio.get_running_loop().create_server(lambda: HTTPProtocol(app), host, port, backlog=1024)
+    print(f"PORT {server.sockets[0].getsockname()[1]}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+class ServerProcess:
+    """Runs the server in a child process; a context manager for tests and benchmarks."""
+
+    def __init__(self, **config: Any) -> None:
+        self.config = config
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.http = httpx.Client(timeout=10)
+
+    def __enter__(self) -> ServerProcess:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--port", "0",
+                                      "--config", json.dumps(self.config)],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"test server did not start: {line!r}")
+        self.port = int(line.split()[1])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+            if self.proc.stdout:
+                self.proc.stdout.close()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def configure(self, **config: Any) -> dict[str, Any]:
+        return self.http.post(f"{self.base_url}/_config", json=config).json()
+
+    def stats(self) -> dict[str, Any]:
+        return self.http.get(f"{self.base_url}/_stats").json()
+
+    def reset(self) -> None:
+        self.http.post(f"{self.base_url}/_reset")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--config", default="{}", help="JSON of Config fields")
+    args = parser.parse_args()
+    asyncio.run(serve(args.host, args.port, Config(**json.loads(args.config))))
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from medhall.build import DEFAULT_EXPORTS, BuildConfig, LLMSettings
+from medhall.build import DEFAULT_EXPORTS, BuildConfig
+from medhall.endpoints import LLMSettings
 from tasks.build import assemble_task, generate_shard_task, plan_task, split_export_task, stats_task
 from tasks.common import configure_results
 

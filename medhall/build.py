@@ -35,25 +35,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from medhall import schema
+from medhall.endpoints import LLMSettings
 from medhall.generate import OfflineConfig
 from medhall.ids import canonical_json, sha256_hex
 from medhall.store import ArtifactStore
 
 DONE_SUFFIX = ".done.json"
 DEFAULT_EXPORTS = ("llava", "llamafactory", "medhalltune", "parquet")
-
-
-class LLMSettings(BaseModel):
-    """Where LLM calls go (generation and the QC self-check). The key comes from the environment."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    backend: Literal["openai", "transformers", "fake"] = "openai"
-    model: str | None = Field(None, description="Model name; default from MEDHALL_LLM_MODEL.")
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL; default from MEDHALL_LLM_BASE_URL.")
-    text_only: bool = Field(False, description="Send the caption without the image (LLaVA-Med's way).")
-    concurrency: int = Field(16, ge=1, le=1024)
-    max_cost_usd: float | None = Field(None, description="Stop new calls before this is exceeded.")
 
 
 class BuildConfig(BaseModel):
@@ -186,82 +175,119 @@ def _shard_images(store: ArtifactStore, cfg: BuildConfig, shard: Shard, images: 
     return images.filter(pc.is_in(images.column("image_id"), pa.array(shard.image_ids)))
 
 
-def make_generator(cfg: BuildConfig, store: ArtifactStore):
-    """The configured generator: an object with ``generate(images, corpus_stats) -> instructions``."""
+def make_generator(cfg: BuildConfig, store: ArtifactStore, client: Any = None):
+    """The configured generator: ``generate(images, corpus_stats, run_id=) -> instructions``.
+
+    ``client``: an :class:`medhall.llm.LLMClient` to use instead of one made from ``cfg.llm``.
+    """
     if cfg.generator == "offline":
         from medhall.generate import OfflineGenerator
 
         return OfflineGenerator(cfg.offline_config())
     from medhall.generate.llm import LLMGenerator
 
-    return LLMGenerator.from_build(cfg, store)
+    return LLMGenerator.from_build(cfg, store, client)
+
+
+def _generate(generator: Any, images: pa.Table, stats: Any, run_id: str) -> tuple[pa.Table, list[dict], set[str]]:
+    """(pairs, quarantine rows, ids of images that failed) from either kind of generator."""
+    if hasattr(generator, "generate_with_problems"):
+        r = generator.generate_with_problems(images, stats, run_id=run_id)
+        return r.pairs, r.problems, r.failed_images
+    return generator.generate(images, stats, run_id=run_id), [], set()
 
 
 def generate_shard(
     store: ArtifactStore, cfg: BuildConfig, plan_dir: Path, stats_path: Path, shard: Shard, run_id: str,
-    *, all_images: pa.Table | None = None, stats: Any = None,
+    *, all_images: pa.Table | None = None, stats: Any = None, client: Any = None,
 ) -> Path:
-    """Generate one shard's pairs, then QC them; the marker is written last (the shard is done).
+    """Generate one shard's pairs, then QC them; the completion marker is written last.
 
-    ``all_images`` and ``stats`` may be passed by a caller that already holds them.
+    The marker lists the images that are done: generated, and with no QC verdict in
+    ``error``. An image that failed (a request that failed for good, a reply that did not
+    validate) is quarantined with its reason and left out of the marker, so the next run plans
+    it again; requests that succeeded come from the LLM cache then, never paid twice.
+    ``all_images``, ``stats`` and ``client`` may be passed by a caller that already holds them.
     """
     from medhall.generate import CorpusStats
 
     out = plan_dir / "shards" / f"{shard.key}.parquet"
     images = _shard_images(store, cfg, shard, all_images)
     stats = stats or CorpusStats.from_json(stats_path.read_text())
-    pairs = make_generator(cfg, store).generate(images, stats, run_id=run_id)
+    pairs, problems, failed = _generate(make_generator(cfg, store, client), images, stats, run_id)
     pairs = pairs.set_column(pairs.schema.get_field_index("dataset"), "dataset", pa.array([cfg.dataset] * pairs.num_rows, pa.string()))
-    verdicts = qc_pairs(store, cfg, pairs, images, run_id)
+    verdicts = qc_pairs(store, cfg, pairs, images, run_id, client)
+    errored = pc.is_in(pairs.column("qa_id"), verdicts.filter(pc.equal(verdicts.column("verdict"), "error")).column("qa_id"))
+    failed |= set(pairs.filter(errored).column("image_id").to_pylist())
+    for p in problems:
+        p["dataset"] = cfg.dataset
     _atomic_parquet(out, pairs)
     _atomic_parquet(out.with_suffix(".qc.parquet"), verdicts)
+    _atomic_parquet(out.with_suffix(".quarantine.parquet"), schema.from_rows("quarantine", problems))
+    done = images.filter(pc.invert(pc.is_in(images.column("image_id"), pa.array(sorted(failed), pa.string()))))
     _atomic_write(
         plan_dir / "shards" / f"{shard.key}{DONE_SUFFIX}",
-        json.dumps({"images": _image_keys(images), "pairs": pairs.num_rows, "verdicts": verdicts.num_rows}).encode(),
+        json.dumps({"images": _image_keys(done), "failed": sorted(failed), "pairs": pairs.num_rows}).encode(),
     )
     return out
 
 
-def qc_pairs(store: ArtifactStore, cfg: BuildConfig, pairs: pa.Table, images: pa.Table, run_id: str) -> pa.Table:
-    """Rule checks, plus the LLM self-check when configured."""
+def qc_pairs(store: ArtifactStore, cfg: BuildConfig, pairs: pa.Table, images: pa.Table, run_id: str, client: Any = None) -> pa.Table:
+    """Rule checks, plus the LLM self-check (caption only) when configured."""
     from medhall.qc.rules import rule_checks
 
     verdicts = [rule_checks(pairs, min_words=cfg.min_answer_words, run_id=run_id)]
-    if cfg.llm_qc:
+    if cfg.llm_qc and pairs.num_rows:
         from medhall.qc.llm_check import LLMSelfCheck
 
-        verdicts.append(LLMSelfCheck.from_build(cfg, store).check(pairs, images, run_id=run_id))
+        verdicts.append(LLMSelfCheck.from_build(cfg, store, client).check(pairs, images, run_id=run_id))
     return pa.concat_tables(verdicts)
 
 
 def _shard_tables(plan_dir: Path, keep: set[str], suffix: str) -> Iterator[pa.Table]:
+    """Each finished shard's table, restricted to the images it finished that are still wanted."""
     for key, image_keys in sorted(finished(plan_dir).items()):
-        if keep.intersection(image_keys):
+        wanted = keep.intersection(image_keys)
+        if wanted:
             t = pq.read_table(plan_dir / "shards" / f"{key}{suffix}")
+            if "image_id" in t.column_names:  # verdicts have none: they follow their pairs' qa_ids
+                t = t.filter(pc.is_in(t.column("image_id"), pa.array(sorted({k.rsplit(":", 1)[0] for k in wanted}), pa.string())))
             yield t
 
 
+def _open_problems(plan_dir: Path, done_ids: set[str]) -> Iterator[pa.Table]:
+    """Quarantine rows of images that no shard has finished yet (the latest reason per image)."""
+    seen: set[str] = set()
+    markers = sorted((plan_dir / "shards").glob(f"*{DONE_SUFFIX}"), key=lambda m: m.stat().st_mtime_ns, reverse=True)
+    for marker in markers:
+        path = plan_dir / "shards" / (marker.name[: -len(DONE_SUFFIX)] + ".quarantine.parquet")
+        if not path.exists():
+            continue
+        t = pq.read_table(path)
+        rows = [r for r in t.to_pylist() if r["record_id"] not in done_ids and r["record_id"] not in seen]
+        seen.update(r["record_id"] for r in rows)
+        if rows:
+            yield schema.from_rows("quarantine", rows)
+
+
 def assemble(store: ArtifactStore, cfg: BuildConfig, plan_dir: Path, images_fingerprint: str, run_id: str) -> dict[str, Any]:
-    """Stream the finished shards of the images still in the source into the two artifacts."""
+    """Stream the finished shards of the images still in the source into the artifacts."""
     images, _ = source_images(store, cfg)
     keep = set(_image_keys(images))
-    current = pa.array(images.column("image_id").to_pylist())
     config = {"build": cfg.model_dump(mode="json"), "generator_key": cfg.generator_key()}
-
-    def only_current(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
-        for t in tables:
-            yield t.filter(pc.is_in(t.column("image_id"), current)) if "image_id" in t.column_names else t
-
     instr = store.write(
-        "instructions", only_current(_shard_tables(plan_dir, keep, ".parquet")),
+        "instructions", _shard_tables(plan_dir, keep, ".parquet"),
         dataset=cfg.dataset, config=config, inputs=[images_fingerprint], run_id=run_id,
     )
     kept_ids = pq.read_table(instr.data_path, columns=["qa_id"]).column("qa_id").combine_chunks()
-    verdicts = (
-        t.filter(pc.is_in(t.column("qa_id"), kept_ids)) for t in _shard_tables(plan_dir, keep, ".qc.parquet")
-    )
+    verdicts = (t.filter(pc.is_in(t.column("qa_id"), kept_ids)) for t in _shard_tables(plan_dir, keep, ".qc.parquet"))
     qc = store.write("qc_verdicts", verdicts, dataset=cfg.dataset, config=config, inputs=[instr.fingerprint], run_id=run_id)
-    return {"instructions": instr, "qc_verdicts": qc}
+    done_ids = {k.rsplit(":", 1)[0] for keys in finished(plan_dir).values() for k in keys}
+    quarantine = store.write(
+        "quarantine", _open_problems(plan_dir, done_ids), dataset=cfg.dataset, config=config,
+        inputs=[images_fingerprint], run_id=run_id,
+    )
+    return {"instructions": instr, "qc_verdicts": qc, "quarantine": quarantine}
 
 
 def split_and_export(store: ArtifactStore, cfg: BuildConfig, run_id: str) -> dict[str, Any]:
@@ -301,8 +327,12 @@ def statistics(store: ArtifactStore, cfg: BuildConfig) -> dict[str, pa.Table]:
     }
 
 
-def run_build(store: ArtifactStore, cfg: BuildConfig, *, max_shards: int | None = None) -> dict[str, Any]:
-    """The whole build in one process (what the flow does with tasks). ``max_shards`` stops early (tests)."""
+def run_build(store: ArtifactStore, cfg: BuildConfig, *, max_shards: int | None = None, client: Any = None) -> dict[str, Any]:
+    """The whole build in one process (what the flow does with tasks).
+
+    ``max_shards`` stops after that many shards (as a killed run would); ``client`` is an
+    :class:`medhall.llm.LLMClient` to use instead of one made from ``cfg.llm``.
+    """
     from medhall.generate import CorpusStats
     from medhall.ids import run_id as make_run_id
 
@@ -313,7 +343,7 @@ def run_build(store: ArtifactStore, cfg: BuildConfig, *, max_shards: int | None 
     for i, shard in enumerate(plan.todo):
         if max_shards is not None and i >= max_shards:
             return {"plan": plan, "stopped_after": i}
-        generate_shard(store, cfg, plan.work_dir, plan.stats_path, shard, rid, all_images=images, stats=stats)
+        generate_shard(store, cfg, plan.work_dir, plan.stats_path, shard, rid, all_images=images, stats=stats, client=client)
     arts = assemble(store, cfg, plan.work_dir, plan.images_fingerprint, rid)
     out = split_and_export(store, cfg, rid)
     return {"plan": plan, "run_id": rid, **arts, **out, "statistics": statistics(store, cfg)}
@@ -321,7 +351,6 @@ def run_build(store: ArtifactStore, cfg: BuildConfig, *, max_shards: int | None 
 
 __all__: Sequence[str] = [
     "BuildConfig",
-    "LLMSettings",
     "Plan",
     "Shard",
     "assemble",

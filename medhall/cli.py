@@ -161,7 +161,8 @@ def build(
 
     The API key is read from MEDHALL_LLM_API_KEY (or OPENAI_API_KEY), never from options.
     """
-    from medhall.build import BuildConfig, LLMSettings, run_build
+    from medhall.build import BuildConfig, run_build
+    from medhall.endpoints import LLMSettings
 
     uses_llm = generator == "llm" or llm_qc
     llm = LLMSettings(backend=backend, model=model, base_url=base_url, text_only=text_only, max_cost_usd=max_cost) if uses_llm else None

@@ -253,6 +253,8 @@ def rule_checks(
     instructions: pa.Table, *, min_words: int = MIN_WORDS, run_id: str | None = None
 ) -> pa.Table:
     """Every rule on every pair of ``instructions``: a ``qc_verdicts`` table, rule by rule."""
+    if instructions.num_rows == 0:
+        return QC_VERDICTS.empty_table()
     t = instructions.combine_chunks()
     t = t.filter(_first_rows(t, ["qa_id"])).combine_chunks()
     return pa.concat_tables(

@@ -128,3 +128,11 @@ def test_summary_shares_and_filtered_view():
     assert summary["any"]["filtered"] == 4 and summary["any"]["share"] == pytest.approx(0.5)
     kept = filter_passed(table, verdicts)
     assert sorted(kept.column("qa_id").to_pylist()) == sorted(r["qa_id"] for r in GOOD)
+
+
+def test_rule_checks_of_no_pairs_is_an_empty_verdict_table():
+    from medhall import schema
+    from medhall.qc.rules import rule_checks
+
+    out = rule_checks(schema.empty("instructions"))
+    assert out.num_rows == 0 and out.schema.equals(schema.QC_VERDICTS)

@@ -49,11 +49,21 @@ def main(
     ] = False,
 ) -> None:
     """medhall: MedHallTune datasets, quality control and evaluation as Parquet + DuckDB + Prefect."""
+    # offline by default: no telemetry from Prefect's local server (it also races for its SQLite)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if home is not None:
         os.environ["MEDHALL_HOME"] = str(home)
     from medhall.config import get_settings
 
     get_settings(fresh=True)
+
+
+def _run_flow(flow_fn, **params):
+    """Run a flow without the heartbeat thread (it costs ~1 s at the end of every run)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return flow_fn(**params)
 
 
 def _store():
@@ -109,7 +119,7 @@ def demo(
     else:
         from flows.default import build_default
 
-        ok = build_default()["ok"]
+        ok = _run_flow(build_default)["ok"]
     _print_outcome(store)
     if not ok:
         raise typer.Exit(1)
@@ -180,7 +190,7 @@ def build(
     else:
         from flows.build_dataset import build_dataset
 
-        build_dataset(**{k: getattr(cfg, k) for k in ("source", "dataset", "generator", "questions_per_image", "llm", "llm_qc", "test_images", "shard_size", "seed")})
+        _run_flow(build_dataset, **{k: getattr(cfg, k) for k in ("source", "dataset", "generator", "questions_per_image", "llm", "llm_qc", "test_images", "shard_size", "seed")})
     from medhall.build import statistics
 
     for name, table in statistics(store, cfg).items():

@@ -592,13 +592,19 @@ LOADERS: dict[str, Callable[[str | Path], VQALoad]] = {
 _ALIASES = {"vqarad": "vqa_rad", "path_vqa": "pathvqa", "pvqa": "pathvqa", "slake1.0": "slake", "pmcvqa": "pmc_vqa", "omnimed_vqa": "omnimedvqa"}
 
 
-def load_benchmark(name: str, path: str | Path, **options: Any) -> VQALoad:
-    """Load benchmark ``name`` (a key of :data:`LOADERS`, any case, ``-`` for ``_``) from ``path``."""
+def benchmark_key(name: str) -> str:
+    """The :data:`LOADERS` key of benchmark ``name`` (any case, ``-`` for ``_``, common aliases
+    such as ``vqarad`` or ``path-vqa``); ``ValueError`` for an unknown name."""
     key = name.strip().lower().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key not in LOADERS:
         raise ValueError(f"unknown VQA benchmark {name!r}; known: {', '.join(LOADERS)}")
-    return LOADERS[key](path, **options)
+    return key
+
+
+def load_benchmark(name: str, path: str | Path, **options: Any) -> VQALoad:
+    """Load benchmark ``name`` (see :func:`benchmark_key`) from ``path``."""
+    return LOADERS[benchmark_key(name)](path, **options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -653,6 +659,7 @@ __all__ = [
     "EmbeddedImage",
     "VQAItem",
     "VQALoad",
+    "benchmark_key",
     "load_benchmark",
     "load_llava_med_test",
     "load_omnimedvqa",

@@ -199,6 +199,34 @@ def build(
 
 
 @app.command()
+def vqa(
+    config: Annotated[Path, typer.Argument(help="JSON file: {benchmarks: [...], models: [...]} (docs/vqa_flow.md).")],
+    dataset: Annotated[str | None, typer.Option(help="Dataset to write predictions and scores to (default: vqa).")] = None,
+    shard_size: Annotated[int | None, typer.Option(help="Questions per shard (one task each).")] = None,
+    local: Annotated[bool, typer.Option("--local", help="In-process instead of a Prefect flow.")] = False,
+) -> None:
+    """Zero-shot medical VQA (VQA-RAD, PathVQA, SLAKE, PMC-VQA, OmniMedVQA): the paper's Table 3."""
+    from medhall.evaluate.vqa_pipeline import load_config, run_vqa
+
+    try:
+        cfg = load_config(config, dataset=dataset, shard_size=shard_size)
+    except (OSError, ValueError) as e:
+        _fail(str(e))
+    if local:
+        out = run_vqa(_store(), cfg)
+        text, counts = out["report"]["markdown_text"], out["counts"]
+    else:
+        from flows.zero_shot_vqa import zero_shot_vqa
+
+        out = _run_flow(zero_shot_vqa, **cfg.model_dump(mode="json"))
+        text, counts = Path(out["report"]["markdown"]).read_text(), out["counts"]
+    console.print(text)
+    console.print(f"answered {counts['answered']}, failed {counts['failed']}, quarantined {counts['quarantined']}")
+    if counts["answered"] and counts["answered"] == counts["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def ingest(
     adapter: Annotated[str, typer.Argument(help="llava_med_captions | llava_med_instruct | pubmedvision | medhalltune | generic")],
     paths: Annotated[list[Path], typer.Argument(help="Input files (JSON, JSONL, CSV, Parquet).")],

@@ -15,8 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flows.build_dataset import build_dataset  # noqa: E402
 from flows.default import build_default  # noqa: E402
 from flows.ingest import ingest_corpus  # noqa: E402
+from flows.zero_shot_vqa import zero_shot_vqa  # noqa: E402
 
 REBUILD_CRON = os.environ.get("MEDHALL_REBUILD_CRON", "0 3 * * *")  # 03:00 UTC daily
 
@@ -35,6 +37,17 @@ def deployments() -> list:
             description="Ingest a corpus file set into a dataset; trigger from the UI with parameters.",
             parameters={"adapter": "medhalltune", "paths": [], "dataset": "medhalltune"},
             tags=["medhall"],
+        ),
+        build_dataset.to_deployment(
+            name="build-dataset",
+            description="Generate, QC, split and export an instruction dataset from an ingested corpus.",
+            tags=["medhall"],
+        ),
+        zero_shot_vqa.to_deployment(
+            name="zero-shot-vqa",
+            description="Zero-shot medical VQA over models x benchmarks (Table 3).",
+            parameters={"benchmarks": [], "models": []},
+            tags=["medhall", "gpu"],
         ),
     ]
 

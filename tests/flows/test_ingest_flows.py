@@ -60,7 +60,7 @@ def test_deployments_have_schedules_and_ui_parameters():
     from deployments.serve import deployments
 
     deps = {d.name: d for d in deployments()}
-    assert set(deps) == {"build-default", "ingest-corpus"}
+    assert set(deps) == {"build-default", "ingest-corpus", "build-dataset", "zero-shot-vqa"}
     sched = deps["build-default"].schedules[0].schedule
     assert getattr(sched, "cron", None) == "0 3 * * *"
     assert deps["ingest-corpus"].parameters["adapter"] == "medhalltune"
@@ -70,3 +70,17 @@ def test_deployments_have_schedules_and_ui_parameters():
 
     ui_form = parameter_schema(ingest_corpus.fn).model_dump()["properties"]
     assert {"adapter", "paths", "dataset", "images_dir"} <= set(ui_form)
+
+
+def test_prefect_yaml_lists_the_same_deployments_with_valid_entrypoints():
+    import importlib
+
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "deployments" / "prefect.yaml").read_text())
+    from deployments.serve import deployments
+
+    assert {d["name"] for d in spec["deployments"]} == {d.name for d in deployments()}
+    for d in spec["deployments"]:
+        module, fn = d["entrypoint"].removesuffix(".py").replace("/", ".").split(":")
+        assert callable(getattr(importlib.import_module(module.replace(".py", "")), fn))

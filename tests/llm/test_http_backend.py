@@ -182,3 +182,18 @@ def test_backend_from_settings_and_key_fallback(monkeypatch: pytest.MonkeyPatch,
             OpenAICompatBackend.from_settings(get_settings(fresh=True))
     finally:
         get_settings(fresh=True)
+
+
+def test_the_key_comes_from_medhall_llm_api_key(server, monkeypatch, tmp_path):
+    """No key argument: MEDHALL_LLM_API_KEY is used (before OPENAI_API_KEY), and a wrong one fails."""
+    from medhall.llm import ChatRequest, LLMClient, OpenAICompatBackend
+
+    server.configure(api_key="sk-right")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
+    monkeypatch.setenv("MEDHALL_LLM_API_KEY", "sk-right")
+    client = LLMClient(OpenAICompatBackend(base_url=server.base_url, model="m"), cache=tmp_path / "c.sqlite", max_attempts=1)
+    assert client.run([ChatRequest.simple("hello")], progress=False)[0].ok
+    monkeypatch.delenv("MEDHALL_LLM_API_KEY")
+    client = LLMClient(OpenAICompatBackend(base_url=server.base_url, model="m"), cache=tmp_path / "d.sqlite", max_attempts=1)
+    r = client.run([ChatRequest.simple("hello again")], progress=False)[0]
+    assert not r.ok and r.error_kind == "auth" and "sk-wrong" not in (r.error or "")

@@ -35,6 +35,10 @@ NO_KEY = "no-key"  # local servers accept any key; the SDK insists on one
 def _resolve_key(api_key: SecretStr | str | None, base_url: str | None) -> SecretStr:
     if isinstance(api_key, str):
         api_key = SecretStr(api_key)
+    if api_key is None:  # MEDHALL_LLM_API_KEY first (read fresh: tests and users set it late)
+        from medhall.config import get_settings
+
+        api_key = get_settings(fresh=True).llm_api_key
     if api_key is None and os.environ.get("OPENAI_API_KEY"):
         api_key = SecretStr(os.environ["OPENAI_API_KEY"])
     if api_key is None and base_url:

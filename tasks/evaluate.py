@@ -1,0 +1,113 @@
+"""Evaluation tasks: plan, one task per shard of answers and of judgments, assemble, metrics, report.
+
+Shard tasks are idempotent by completion markers (a finished question is never planned again)
+and cached on explicit inputs: the stage's work directory (its name hashes the model identity,
+and for the judge also the judge's identity and the rubric hash), the shard key (a hash of its
+qa_ids), the shard's marker state (so a shard replanned for its failures runs again) and the
+identity of the work directory (a deleted one cannot be answered from a stale cache). Tasks
+that touch a model, a GPU or a network retry three times; LLM calls go through the cached
+layer, so a retry never pays twice.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from medhall.evaluate import pipeline
+from medhall.evaluate.pipeline import EvalConfig, EvalShard
+from tasks.common import cache_key, describe, store
+from tasks.ingest import _key
+
+RETRY_DELAYS = [5, 30, 120]
+
+
+def _shard_cache_key(stage: str) -> Any:
+    def key(_ctx: Any, p: dict[str, Any]) -> str:
+        wd = Path(p["work_dir"])
+        marker = wd / "shards" / f"{p['shard_key']}{pipeline.DONE_SUFFIX}"
+        state = marker.stat().st_mtime_ns if marker.exists() else None
+        return cache_key(stage, wd.name, p["shard_key"], state, os.stat(wd).st_ino if wd.exists() else None)
+
+    return key
+
+
+def _plan_dict(plan: pipeline.StagePlan) -> dict[str, Any]:
+    return {
+        "work_dir": str(plan.work_dir),
+        "run_id": plan.run_id,
+        "todo": [{"key": s.key, "qa_ids": list(s.qa_ids)} for s in plan.todo],
+        "done": plan.done,
+        "total": plan.total,
+    }
+
+
+@task(name="plan-answers")
+def plan_answers_task(cfg: EvalConfig) -> dict[str, Any]:
+    """The questions of the split not answered yet, in shards."""
+    return {**_plan_dict(pipeline.plan_answers(store(), cfg)), "eval_dataset": cfg.eval_dataset()}
+
+
+@task(name="answer-shard", task_run_name="answers {shard_key}", retries=3, retry_delay_seconds=RETRY_DELAYS,
+      cache_key_fn=_shard_cache_key("answers"), persist_result=True)
+def answer_shard_task(cfg: EvalConfig, work_dir: str, shard_key: str, qa_ids: list[str], run_id: str) -> dict[str, Any]:
+    """The model's answers to one shard (local VLM, API model, text-only baseline or import)."""
+    table = pipeline.answer_shard(store(), cfg, Path(work_dir), EvalShard(shard_key, tuple(qa_ids)), run_id)
+    ok = sum(1 for s in table.column("status").to_pylist() if s == "ok")
+    return {"shard": shard_key, "rows": table.num_rows, "ok": ok, "failed": table.num_rows - ok}
+
+
+@task(name="assemble-predictions")
+def assemble_predictions_task(cfg: EvalConfig, work_dir: str, run_id: str) -> dict[str, Any]:
+    return describe(pipeline.assemble_predictions(store(), cfg, Path(work_dir), run_id))
+
+
+@task(name="plan-judging")
+def plan_judging_task(cfg: EvalConfig, run_id: str) -> dict[str, Any]:
+    """The ok answers not judged yet, in shards."""
+    return {**_plan_dict(pipeline.plan_judging(store(), cfg, run_id)), "judge_model": pipeline.judge_model_name(cfg)}
+
+
+@task(name="judge-shard", task_run_name="judge {shard_key}", retries=3, retry_delay_seconds=RETRY_DELAYS,
+      cache_key_fn=_shard_cache_key("judge"), persist_result=True)
+def judge_shard_task(cfg: EvalConfig, work_dir: str, shard_key: str, qa_ids: list[str], run_id: str) -> dict[str, Any]:
+    """Judge one shard's answers (temperature 0, cached LLM calls; failures recorded with their raw reply)."""
+    table = pipeline.judge_shard(store(), cfg, Path(work_dir), EvalShard(shard_key, tuple(qa_ids)), run_id)
+    ok = sum(1 for s in table.column("status").to_pylist() if s == "ok")
+    return {"shard": shard_key, "rows": table.num_rows, "ok": ok, "failed": table.num_rows - ok}
+
+
+@task(name="assemble-judgments")
+def assemble_judgments_task(cfg: EvalConfig, work_dir: str, run_id: str) -> dict[str, Any]:
+    return describe(pipeline.assemble_judgments(store(), cfg, Path(work_dir), run_id))
+
+
+@task(name="text-metrics")
+def metrics_task(cfg: EvalConfig, run_id: str) -> dict[str, Any]:
+    """METEOR, ROUGE and BERTScore into the ``scores`` table (the encoder in every row's params)."""
+    art, skipped = pipeline.compute_metrics(store(), cfg, run_id)
+    return {**describe(art), "skipped": len(skipped)}
+
+
+@task(name="evaluation-report")
+def report_task(cfg: EvalConfig, run_id: str, judge_model: str | None, compare_with: str | None) -> dict[str, Any]:
+    """Markdown/CSV/PNG on disk; the report and the overall Table 2 rows as Prefect artifacts."""
+    s = store()
+    ledger = pipeline.write_ledger(s, cfg, run_id)
+    files = pipeline.write_report(s, cfg, run_id, judge_model=judge_model, compare_with=compare_with)
+    key = _key(cfg.eval_dataset())
+    create_markdown_artifact(key=f"{key}-report", markdown=files.markdown, description=f"Evaluation of {cfg.resolved_model_name()}")
+    overall = [r for r in files.table.to_pylist() if r["breakdown"] == "overall"]
+    create_table_artifact(table=overall, key=f"{key}-table2", description="Table 2: means and bootstrap 95 % intervals, P and N")
+    if files.comparison is not None:
+        rows = [r for r in files.comparison.to_pylist() if r["breakdown"] == "overall"]
+        create_table_artifact(table=rows, key=f"{key}-compare", description=f"{compare_with} vs {cfg.resolved_model_name()}")
+    return {
+        "markdown": str(files.markdown_path), "csv": str(files.csv_path), "png": str(files.png_path),
+        "compare": {k: str(v) for k, v in files.compare_paths.items()},
+        "llm_calls": describe(ledger) if ledger is not None else None,
+    }

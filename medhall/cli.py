@@ -99,30 +99,58 @@ def demo(
     local: Annotated[
         bool, typer.Option("--local", help="Run the steps in-process instead of as a Prefect flow.")
     ] = False,
+    evaluate: Annotated[
+        bool, typer.Option("--eval/--no-eval", help="Evaluate the embedded SmolLM2 (text-only) on the test split.")
+    ] = True,
+    eval_questions: Annotated[
+        int | None, typer.Option(help="Cap the evaluated questions (a seeded sample); default: the whole test split.")
+    ] = None,
 ) -> None:
     """The main job on the embedded default: no API key, no GPU, no download.
 
     Materialises the embedded sample corpus (real medical images shipped by pydicom,
     pydicom-data, scikit-image, nibabel and nilearn, with written captions), ingests it, builds
-    an instruction dataset from it (offline generator, rule QC, split, exports), writes the
-    statistics and chart, and prints how to query the tables. It runs as the Prefect flow
-    ``build_default`` (against PREFECT_API_URL if set, else an ephemeral local server).
+    an instruction dataset from it (offline generator, rule QC, split, exports), evaluates the
+    embedded SmolLM2-135M-Instruct on the test split as a text-only baseline (METEOR, ROUGE,
+    BERTScore; judge scores need an endpoint), and prints how to query the tables. It runs as
+    the Prefect flow ``build_default`` (against PREFECT_API_URL if set, else a local server).
     """
     store = _store()
     if local:
         from medhall.jobs import run_default
 
         with console.status("building the embedded default..."):
-            out = run_default(store)
+            out = run_default(store, evaluate=evaluate, eval_questions=eval_questions)
         ok = out.ingest.ok
         _print_summary(out.ingest.summary)
+        report = out.extras.get("evaluation", {}).get("report")
     else:
         from flows.default import build_default
 
-        ok = _run_flow(build_default)["ok"]
+        result = _run_flow(build_default, evaluate=evaluate, eval_questions=eval_questions)
+        ok = result["ok"]
+        report = (result.get("evaluation") or {}).get("report", {}).get("markdown")
     _print_outcome(store)
+    if report:
+        _print_evaluation(Path(report))
     if not ok:
         raise typer.Exit(1)
+
+
+def _print_evaluation(report: Path) -> None:
+    """The head of the evaluation report and its first table; what needs a judge."""
+    from medhall.evaluate.pipeline import JUDGE_ENV_HELP
+
+    console.print(f"\n[bold]Evaluation[/] ({report})", soft_wrap=True)
+    lines = report.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    first_table = [line for line in lines[start:] if line.startswith("|")]
+    end = next((i for i, line in enumerate(lines[start:]) if not line.startswith("|")), len(first_table))
+    head = [line for line in lines[:start] if line.strip() and not line.startswith("#")][:3]
+    for line in head + lines[start : start + end]:
+        console.print("  " + line, soft_wrap=True, markup=False)
+    console.print(f"  Judge scores (clinical accuracy, relevance, detail, risk) need a judge endpoint: {JUDGE_ENV_HELP}.",
+                  soft_wrap=True, markup=False)
 
 
 def _print_outcome(store) -> None:
@@ -196,6 +224,55 @@ def build(
     for name, table in statistics(store, cfg).items():
         console.print(_arrow_to_rich(table, title=name, limit=100))
     console.print(f"exports: {store.root / 'exports' / dataset}")
+
+
+@app.command()
+def evaluate(
+    dataset: Annotated[str, typer.Argument(help="Built dataset whose questions are asked (e.g. sample-instruct).")],
+    model: Annotated[
+        str, typer.Option(help="text_llm (embedded SmolLM2, question only), local_vlm, api, or import.")
+    ] = "text_llm",
+    path: Annotated[list[str] | None, typer.Option(help="local_vlm: checkpoint dir; import: prediction JSONL file(s).")] = None,
+    adapter: Annotated[str | None, typer.Option(help="local_vlm: a LoRA adapter directory.")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Name the model's rows carry.")] = None,
+    api_model: Annotated[str | None, typer.Option(help="api: model name at the endpoint.")] = None,
+    api_url: Annotated[str | None, typer.Option(help="api: OpenAI-compatible base URL.")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="Judge model (e.g. gpt-4o); enables the clinical judge.")] = None,
+    judge_url: Annotated[str | None, typer.Option(help="Judge's OpenAI-compatible base URL.")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Model whose judged answers anchor the judge.")] = None,
+    split: Annotated[str, typer.Option(help="test, train, or all.")] = "test",
+    max_questions: Annotated[int | None, typer.Option(help="Cap the questions (a seeded sample).")] = None,
+    compare_with: Annotated[str | None, typer.Option(help="Another evaluated model to show side by side.")] = None,
+    local: Annotated[bool, typer.Option("--local", help="In-process instead of a Prefect flow.")] = False,
+) -> None:
+    """Evaluate a model on a built dataset: its answers, the clinical judge (with --judge-model or
+    --judge-url), METEOR/ROUGE/BERTScore, and the Table 2 report (P and N separately)."""
+    from medhall.endpoints import LLMSettings
+    from medhall.evaluate.pipeline import MODEL_SPEC, EvalConfig, run_eval
+
+    spec: dict = {"kind": model}
+    if model == "local_vlm":
+        spec.update(path=(path or [None])[0], adapter=adapter)
+    elif model == "import":
+        spec.update(paths=path or [])
+    elif model == "api":
+        spec.update(llm={"model": api_model, "base_url": api_url})
+    judge = LLMSettings(base_url=judge_url, model=judge_model) if (judge_url or judge_model) else None
+    try:
+        cfg = EvalConfig(dataset=dataset, split=None if split == "all" else split, model=MODEL_SPEC.validate_python(spec),
+                         model_name=model_name, judge=judge, baseline_model=baseline, max_questions=max_questions)
+    except ValueError as e:
+        _fail(str(e))
+    if local:
+        result = run_eval(_store(), cfg, compare_with=compare_with)
+        report = Path(result.report.markdown_path)
+    else:
+        from flows.evaluate_model import evaluate_model
+
+        out = _run_flow(evaluate_model, dataset=dataset, model=spec, model_name=model_name, judge=judge,
+                        baseline_model=baseline, split=cfg.split, max_questions=max_questions, compare_with=compare_with)
+        report = Path(out["report"]["markdown"])
+    console.print(report.read_text(), markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -117,10 +117,15 @@ def default_build_config(dataset: str = DEFAULT_DATASET, build: str = DEFAULT_BU
     return BuildConfig(source=dataset, dataset=build, generator="offline", test_images=6, shard_size=8)
 
 
-def run_default(store: ArtifactStore, dataset: str = DEFAULT_DATASET, build: str = DEFAULT_BUILD) -> DefaultOutcome:
+def run_default(
+    store: ArtifactStore, dataset: str = DEFAULT_DATASET, build: str = DEFAULT_BUILD, *,
+    evaluate: bool = True, eval_questions: int | None = None,
+) -> DefaultOutcome:
     """The main job on the embedded default, in-process: the sample corpus ingested, an
-    instruction dataset built from it (offline generator, QC, split, exports), counted and
-    catalogued. ``flows/default.py`` runs the same steps as Prefect tasks."""
+    instruction dataset built from it (offline generator, QC, split, exports), the embedded
+    SmolLM2 evaluated on its test split as a text-only baseline (metrics that need no judge;
+    ``eval_questions`` caps the questions), counted and catalogued. ``flows/default.py`` runs
+    the same steps as Prefect tasks."""
     from medhall import sample
     from medhall.build import run_build
 
@@ -128,10 +133,15 @@ def run_default(store: ArtifactStore, dataset: str = DEFAULT_DATASET, build: str
     captions = sample.materialize(corpus_dir)
     outcome = ingest_to_store("llava_med_captions", [captions], dataset=dataset, store=store)
     built = run_build(store, default_build_config(dataset, build)) if outcome.ok else {}
+    extras: dict[str, Any] = {"corpus_dir": corpus_dir}
+    if built and evaluate:
+        from medhall.evaluate.pipeline import evaluate_default
+
+        extras["evaluation"] = evaluate_default(store, build, max_questions=eval_questions)
     write_stats(store, dataset)
     stats_csv, stats_png = write_stats(store, build, dataset) if built else write_stats(store, dataset)
     catalog = build_catalog(store)
-    return DefaultOutcome(outcome, built, stats_csv, stats_png, catalog, {"corpus_dir": corpus_dir})
+    return DefaultOutcome(outcome, built, stats_csv, stats_png, catalog, extras)
 
 
 __all__ = [

@@ -18,7 +18,7 @@ def run(*args):
 
 def test_version_and_help_on_every_command():
     assert run("--version").stdout.strip() == f"medhall {__version__}"
-    for cmd in ("demo", "build", "ingest", "sample", "stats", "sql", "tables", "schema", "catalog"):
+    for cmd in ("demo", "build", "evaluate", "vqa", "ingest", "sample", "stats", "sql", "tables", "schema", "catalog"):
         r = run(cmd, "--help")
         assert r.exit_code == 0 and "Usage" in r.stdout, cmd
 
@@ -27,7 +27,7 @@ def test_version_and_help_on_every_command():
 def demo_home(tmp_path_factory):
     """One run of the main job shared by the tests below (it takes a few seconds)."""
     home = tmp_path_factory.mktemp("demo")
-    r = runner.invoke(app, ["--home", str(home), "demo", "--local"], catch_exceptions=False)
+    r = runner.invoke(app, ["--home", str(home), "demo", "--local", "--eval-questions", "6"], catch_exceptions=False)
     assert r.exit_code == 0, r.stdout
     return home, r.stdout
 
@@ -35,6 +35,13 @@ def demo_home(tmp_path_factory):
 def test_demo_builds_the_embedded_default(demo_home):
     home, out = demo_home
     assert "catalog" in out and "medhall sql" in out
+    # the text-only baseline was evaluated, and the output says what needs a judge
+    assert "Evaluation" in out and "text-only" in out.lower() and "MEDHALL_LLM_BASE_URL" in out
+    r = run("--home", str(home), "sql", "select metric, count(*) n from scores group by 1 order by 1", "-f", "json")
+    metrics = {json.loads(line)["metric"]: json.loads(line)["n"] for line in r.stdout.splitlines()}
+    assert {"meteor", "bertscore_f1", "rougeL"} <= set(metrics) and metrics["meteor"] == 6
+    r = run("--home", str(home), "sql", "select count(*) n from instructions__sample_instruct", "-f", "json")
+    assert json.loads(r.stdout)["n"] >= 200
     images = pq.read_table(next((home / "store" / "sample" / "images").glob("v*/data.parquet")))
     assert images.num_rows >= 24
     assert set(images.column("image_status").to_pylist()) == {"ok"}

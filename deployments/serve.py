@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.build_dataset import build_dataset  # noqa: E402
 from flows.default import build_default  # noqa: E402
+from flows.evaluate_model import evaluate_model  # noqa: E402
 from flows.ingest import ingest_corpus  # noqa: E402
 from flows.zero_shot_vqa import zero_shot_vqa  # noqa: E402
 
@@ -42,6 +43,11 @@ def deployments() -> list:
             name="build-dataset",
             description="Generate, QC, split and export an instruction dataset from an ingested corpus.",
             tags=["medhall"],
+        ),
+        evaluate_model.to_deployment(
+            name="evaluate-model",
+            description="Answers, clinical judge, METEOR/ROUGE/BERTScore and the Table 2 report for one model.",
+            tags=["medhall", "gpu"],
         ),
         zero_shot_vqa.to_deployment(
             name="zero-shot-vqa",

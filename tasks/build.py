@@ -2,13 +2,13 @@
 
 Shard tasks are idempotent by completion markers (a finished shard is never planned again)
 and cached on content fingerprints: the generator key (config, templates, QC settings), the
-shard key (its images and caption hashes) and the identity of the work directory, so a
-deleted work directory cannot be answered from a stale cache.
+shard key (its images and caption hashes) and the random id written into the work
+directory (:func:`medhall.workdir.work_id`), so a deleted work directory cannot be answered
+from a stale cache.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from medhall import build
 from medhall.build import BuildConfig, Shard
+from medhall.workdir import work_id
 from tasks.common import cache_key, describe, store
 from tasks.ingest import _key
 
 
 def _shard_key(_ctx, p: dict[str, Any]) -> str:
-    wd = Path(p["work_dir"])
-    return cache_key("shard", p["cfg"].generator_key(), p["shard_key"], os.stat(wd).st_ino if wd.exists() else None)
+    return cache_key("shard", p["cfg"].generator_key(), p["shard_key"], work_id(p["work_dir"]))
 
 
 @task(name="plan-shards")
@@ -31,6 +31,7 @@ def plan_task(cfg: BuildConfig) -> dict[str, Any]:
     from medhall.ids import run_id
 
     plan = build.prepare(store(), cfg)
+    work_id(plan.work_dir, create=True)
     return {
         "work_dir": str(plan.work_dir),
         "stats_path": str(plan.stats_path),

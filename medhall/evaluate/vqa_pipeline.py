@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from medhall.evaluate.vqa_data import VQAItem, VQALoad, benchmark_key, load_benc
 from medhall.export.base import atomic_path
 from medhall.ids import canonical_json, content_id, file_sha256, sha256_hex
 from medhall.store import ArtifactStore
+from medhall.workdir import work_id
 
 if TYPE_CHECKING:
     from medhall.infer.base import Answer, Query, Runner
@@ -411,19 +411,6 @@ class VQAPlan:
 def work_dir(store: ArtifactStore, spec: ModelSpec, benchmark: str, cfg: VQAConfig) -> Path:
     """``<home>/work/vqa/<model key>/<benchmark>``: shared by every run asking that model."""
     return store.root / "work" / "vqa" / model_key(spec, cfg) / benchmark
-
-
-WORK_ID_FILE = ".work-id"
-
-
-def work_id(wd: Path | str, *, create: bool = False) -> str | None:
-    """A random id written once into a work folder (``create``): a deleted and remade folder
-    gets a new one, so caches keyed on it cannot outlive the answers they stand for."""
-    path = Path(wd) / WORK_ID_FILE
-    if not path.exists() and create:
-        with atomic_path(path) as tmp:
-            tmp.write_text(uuid.uuid4().hex)
-    return path.read_text().strip() if path.exists() else None
 
 
 def marker_path(wd: Path | str, key: str) -> Path:

@@ -84,3 +84,23 @@ def test_prefect_yaml_lists_the_same_deployments_with_valid_entrypoints():
     for d in spec["deployments"]:
         module, fn = d["entrypoint"].removesuffix(".py").replace("/", ".").split(":")
         assert callable(getattr(importlib.import_module(module.replace(".py", "")), fn))
+
+
+def test_build_flow_resumes_and_never_trusts_a_cache_whose_work_dir_is_gone(flow_home, tmp_path):
+    import shutil
+
+    from flows.build_dataset import build_dataset
+    from medhall import sample
+    from medhall.build import BuildConfig, work_dir
+    from medhall.jobs import ingest_to_store
+
+    store = ArtifactStore(flow_home)
+    ingest_to_store("llava_med_captions", [sample.materialize(tmp_path / "c")], dataset="src", store=store)
+    params = {"source": "src", "dataset": "flowbuilt", "test_images": 6, "shard_size": 10}
+    first = build_dataset(**params)
+    assert first["shards_run"] == 3 and first["instructions"]["rows"] > 200
+    again = build_dataset(**params)
+    assert again["shards_run"] == 0 and again["instructions"] == first["instructions"]
+    shutil.rmtree(work_dir(store, BuildConfig(**params)))
+    rebuilt = build_dataset(**params)  # the shards really run again: same content, same artifact
+    assert rebuilt["shards_run"] == 3 and rebuilt["instructions"]["fingerprint"] == first["instructions"]["fingerprint"]

@@ -290,40 +290,81 @@ def assemble(store: ArtifactStore, cfg: BuildConfig, plan_dir: Path, images_fing
     return {"instructions": instr, "qc_verdicts": qc, "quarantine": quarantine}
 
 
+#: Key columns of the instructions that decide membership of every export (the rest is streamed).
+_KEY_COLUMNS = ("qa_id", "image_id", "kind", "category", "source_qa_id")
+
+
+def _rejected(store: ArtifactStore, cfg: BuildConfig) -> pa.Array:
+    """qa_ids with an ``incorrect`` verdict, read batch by batch (the verdicts are never held whole)."""
+    from medhall.split import rejected_ids
+
+    path = store.get("qc_verdicts", cfg.dataset).data_path
+    return rejected_ids(pq.ParquetFile(path).iter_batches(batch_size=65536, columns=["qa_id", "verdict"], use_threads=False))
+
+
 def split_and_export(store: ArtifactStore, cfg: BuildConfig, run_id: str) -> dict[str, Any]:
-    """The image split, the ablation subsets (as exports of their own) and every export."""
-    from medhall.export import export_all
-    from medhall.split import ablation_subsets, check_no_leak, filtered, split_by_image
+    """The image split, the ablation subsets (as exports of their own) and every export.
+
+    Memory is bounded by a batch size plus a few key columns per pair: membership (QC, split,
+    subsets) is decided on ``qa_id``/``image_id``/``kind``/``category`` and the verdicts'
+    rejected ids; the pairs stream from the artifact file into every export at once
+    (:func:`medhall.export.run_exports`).
+    """
+    from medhall.export import ParquetSource, plan_exports, run_exports
+    from medhall.split import ablation_masks, check_no_leak, kept_mask, split_by_image
 
     images = store.read("images", cfg.source)  # the build's images are its source's (not copied)
     instr_art = store.get("instructions", cfg.dataset)
-    instructions = instr_art.read()
-    verdicts = store.read("qc_verdicts", cfg.dataset)
-    splits = split_by_image(images, test_images=min(cfg.test_images, images.num_rows), seed=cfg.seed, by=list(cfg.split_by), run_id=run_id)
-    check_no_leak(splits, instructions)
-    split_art = store.write("splits", splits, dataset=cfg.dataset, config={"build": cfg.model_dump(mode="json")}, inputs=[instr_art.fingerprint], run_id=run_id)
     out_dir = store.root / "exports" / cfg.dataset / f"v{instr_art.version:06d}"
-    written = {"filtered": export_all(filtered(instructions, verdicts), images, splits, out_dir / "filtered", cfg.exports, name=cfg.dataset)}
-    for name, subset in ablation_subsets(instructions, verdicts, splits, fractions=cfg.fractions, seed=cfg.seed).items():
-        train_only = splits.filter(pc.equal(splits.column("split"), "train"))
-        written[name] = export_all(subset, images, train_only, out_dir / "subsets" / name, ["parquet"], name=f"{cfg.dataset}_{name}")
-    return {"splits": split_art, "exports": written, "export_dir": out_dir}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = ParquetSource(instr_art.data_path, tmp_dir=out_dir)
+    keys = source.read([c for c in _KEY_COLUMNS if c in source.column_names])
+    rejected = _rejected(store, cfg)
+    splits = split_by_image(images, test_images=min(cfg.test_images, images.num_rows), seed=cfg.seed, by=list(cfg.split_by), run_id=run_id)
+    check_no_leak(splits, keys)
+    split_art = store.write("splits", splits, dataset=cfg.dataset, config={"build": cfg.model_dump(mode="json")}, inputs=[instr_art.fingerprint], run_id=run_id)
+    plans = {"filtered": plan_exports(source, images, splits, out_dir / "filtered", cfg.exports, name=cfg.dataset, mask=kept_mask(keys, rejected), keys=keys)}
+    train_only = splits.filter(pc.equal(splits.column("split"), "train"))
+    for name, mask in ablation_masks(keys, rejected, splits, fractions=cfg.fractions, seed=cfg.seed).items():
+        plans[name] = plan_exports(source, images, train_only, out_dir / "subsets" / name, ["parquet"], name=f"{cfg.dataset}_{name}", mask=mask, keys=keys)
+    del keys
+    extra = {c: a for plan in plans.values() for c, a in plan.extra.items()}
+    run_exports(source, images, [job for plan in plans.values() for job in plan.jobs], extra=extra)
+    return {"splits": split_art, "exports": {name: plan.written for name, plan in plans.items()}, "export_dir": out_dir}
 
 
 def statistics(store: ArtifactStore, cfg: BuildConfig) -> dict[str, pa.Table]:
-    """Counts by kind, category, modality; QC yield per reason (as the paper's 7.3 % filtered)."""
+    """Counts by kind, category, modality; QC yield per reason (as the paper's 7.3 % filtered).
+
+    DuckDB aggregates straight from the Parquet files, and only the verdicts that did not pass
+    are read into memory, so this stays small however large the dataset.
+    """
+    import duckdb
+
     from medhall.qc.rules import qc_summary
 
-    instructions = store.read("instructions", cfg.dataset)
-    images = store.read("images", cfg.source).select(["image_id", "modality"])
-    verdicts = store.read("qc_verdicts", cfg.dataset)
-    joined = instructions.select(["qa_id", "image_id", "kind", "category"]).join(images, "image_id")
-    counts = joined.group_by(["kind", "category"]).aggregate([("qa_id", "count")]).rename_columns(["kind", "category", "pairs"])
-    by_modality = joined.group_by(["modality", "kind"]).aggregate([("qa_id", "count")]).rename_columns(["modality", "kind", "pairs"])
+    instr = store.get("instructions", cfg.dataset)
+    verdicts = store.get("qc_verdicts", cfg.dataset)
+    images = store.get("images", cfg.source)
+    con = duckdb.connect()
+    try:
+        con.execute("SET threads TO 2")
+        i, v, m = (f"read_parquet('{a.data_path}')" for a in (instr, verdicts, images))
+        by_category = con.sql(
+            f"SELECT kind, category, count(*) AS pairs FROM {i} GROUP BY ALL ORDER BY kind, pairs DESC, category"
+        ).to_arrow_table()
+        by_modality = con.sql(
+            f"SELECT m.modality, i.kind, count(*) AS pairs FROM {i} i JOIN {m} m USING (image_id) "
+            "GROUP BY ALL ORDER BY m.modality, i.kind"
+        ).to_arrow_table()
+        checks = [r[0] for r in con.sql(f'SELECT DISTINCT "check" FROM {v}').fetchall()]
+        not_passed = con.sql(f"SELECT qa_id, \"check\", verdict FROM {v} WHERE verdict <> 'correct'").to_arrow_table()
+    finally:
+        con.close()
     return {
-        "by_category": counts.sort_by([("kind", "ascending"), ("pairs", "descending")]),
-        "by_modality": by_modality.sort_by([("modality", "ascending"), ("kind", "ascending")]),
-        "qc": qc_summary(verdicts, instructions.num_rows),
+        "by_category": by_category.cast(pa.schema([("kind", pa.string()), ("category", pa.string()), ("pairs", pa.int64())])),
+        "by_modality": by_modality.cast(pa.schema([("modality", pa.string()), ("kind", pa.string()), ("pairs", pa.int64())])),
+        "qc": qc_summary(not_passed, instr.rows, checks),
     }
 
 

@@ -96,9 +96,9 @@ def write_stats(store: ArtifactStore, dataset: str, images_dataset: str | None =
     """
     from medhall.report.stats import dataset_stats, plot_stats
 
-    images = store.read("images", images_dataset or images_source(store, dataset))
+    images = store.get("images", images_dataset or images_source(store, dataset)).read(columns=["modality", "body_part", "image_status"])
     latest_instr = store.latest("instructions", dataset)
-    stats = dataset_stats(images, latest_instr.read() if latest_instr else None)
+    stats = dataset_stats(images, latest_instr.read(columns=["kind", "category"]) if latest_instr else None)
     out_dir = store.root / "reports" / dataset
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "stats.csv"

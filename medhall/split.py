@@ -15,7 +15,7 @@ million pairs).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -109,19 +109,44 @@ def split_ids(splits: pa.Table, split: str) -> pa.Array:
     return pc.unique(splits.filter(pc.equal(splits.column("split"), split)).column("image_id"))
 
 
+def split_mask(instructions: pa.Table, splits: pa.Table, split: str) -> np.ndarray:
+    """A boolean per pair: is its image in ``split``? (Only ``image_id`` is read.)"""
+    return _mask(pc.is_in(instructions.column("image_id"), value_set=split_ids(splits, split)))
+
+
 def in_split(instructions: pa.Table, splits: pa.Table, split: str) -> pa.Table:
     """The pairs whose image is in ``split`` (train or test), in input order."""
-    return instructions.filter(pc.is_in(instructions.column("image_id"), value_set=split_ids(splits, split)))
+    return instructions.filter(split_mask(instructions, splits, split))
+
+
+def _mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean Arrow array (nulls = False) as a numpy bool array."""
+    filled = pc.fill_null(values, False)
+    if isinstance(filled, pa.ChunkedArray):
+        filled = filled.combine_chunks() if filled.num_chunks else pa.array([], pa.bool_())
+    return filled.to_numpy(zero_copy_only=False).astype(bool, copy=False)
 
 
 # --------------------------------------------------------------------------- QC view
 
 
-def rejected_ids(verdicts: pa.Table, *, drop_errors: bool = False) -> pa.Array:
-    """qa_ids with at least one ``incorrect`` verdict (and ``error``, when ``drop_errors``)."""
-    bad = ["incorrect", "error"] if drop_errors else ["incorrect"]
-    mask = pc.is_in(verdicts.column("verdict"), value_set=pa.array(bad))
-    return pc.unique(verdicts.filter(mask).column("qa_id"))
+def rejected_ids(verdicts: pa.Table | Iterable[pa.Table | pa.RecordBatch], *, drop_errors: bool = False) -> pa.Array:
+    """qa_ids with at least one ``incorrect`` verdict (and ``error``, when ``drop_errors``).
+
+    ``verdicts`` is a table or an iterable of batches (e.g. ``ParquetFile.iter_batches`` over
+    ``qa_id`` and ``verdict``): only the rejecting rows are kept while reading.
+    """
+    bad = pa.array(["incorrect", "error"] if drop_errors else ["incorrect"])
+    parts = [pa.array([], pa.string())]
+    for chunk in [verdicts] if isinstance(verdicts, pa.Table) else verdicts:
+        ids = chunk.filter(pc.is_in(chunk.column("verdict"), value_set=bad)).column("qa_id")
+        parts.append(pc.unique(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids).cast(pa.string()))
+    return pc.unique(pa.concat_arrays(parts))
+
+
+def kept_mask(instructions: pa.Table, rejected: pa.Array) -> np.ndarray:
+    """A boolean per pair: not in ``rejected`` (:func:`rejected_ids`). Only ``qa_id`` is read."""
+    return ~_mask(pc.is_in(instructions.column("qa_id"), value_set=rejected))
 
 
 def filtered(instructions: pa.Table, verdicts: pa.Table, *, drop_errors: bool = False) -> pa.Table:
@@ -132,8 +157,7 @@ def filtered(instructions: pa.Table, verdicts: pa.Table, *, drop_errors: bool = 
     not rejected. ``drop_errors=True`` also leaves those out (a strict set). Pairs without
     verdicts are kept. Input order is kept.
     """
-    bad = rejected_ids(verdicts, drop_errors=drop_errors)
-    return instructions.filter(pc.invert(pc.is_in(instructions.column("qa_id"), value_set=bad)))
+    return instructions.filter(kept_mask(instructions, rejected_ids(verdicts, drop_errors=drop_errors)))
 
 
 # --------------------------------------------------------------------------- ablations
@@ -159,7 +183,7 @@ def nested_order(table: pa.Table, *, seed: int = 0, by: Sequence[str] = FRACTION
     n = table.num_rows
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    hashes = pa.array([rank_key(seed, k) for k in table.column(key).to_pylist()], pa.string())
+    hashes = _rank_keys(table.column(key), seed)
     codes = _stratum_codes(table, by)
     by_stratum = pc.sort_indices(
         pa.table({"c": codes, "h": hashes}), sort_keys=[("c", "ascending"), ("h", "ascending")]
@@ -175,24 +199,73 @@ def nested_order(table: pa.Table, *, seed: int = 0, by: Sequence[str] = FRACTION
     ).to_numpy()
 
 
+def _rank_keys(keys: pa.ChunkedArray | pa.Array, seed: int, chunk: int = 65536) -> pa.ChunkedArray:
+    """``rank_key(seed, k)`` of each key, converted ``chunk`` keys at a time (few Python objects alive)."""
+    parts = [
+        pa.array([rank_key(seed, k) for k in keys.slice(start, chunk).to_pylist()], pa.string())
+        for start in range(0, len(keys), chunk)
+    ]
+    return pa.chunked_array(parts, pa.string())
+
+
 def fraction_name(fraction: float) -> str:
     """``frac_25`` for 0.25."""
     return f"frac_{round(fraction * 100):d}"
+
+
+def _check_fractions(fractions: Sequence[float]) -> None:
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise ValueError(f"fractions must be in (0, 1], got {bad}")
+
+
+def nested_fraction_rows(
+    table: pa.Table, fractions: Sequence[float] = DEFAULT_FRACTIONS, *, seed: int = 0, by: Sequence[str] = FRACTION_STRATA
+) -> dict[str, np.ndarray]:
+    """``{frac_25: rows, ...}``: the sorted row indices of the first ``round(f * n)`` rows of :func:`nested_order`."""
+    _check_fractions(fractions)
+    order = nested_order(table, seed=seed, by=by)
+    return {fraction_name(f): np.sort(order[: int(f * table.num_rows + 0.5)]) for f in sorted(fractions)}
 
 
 def nested_fractions(
     table: pa.Table, fractions: Sequence[float] = DEFAULT_FRACTIONS, *, seed: int = 0, by: Sequence[str] = FRACTION_STRATA
 ) -> dict[str, pa.Table]:
     """``{frac_25: ..., ...}``: the first ``round(f * n)`` rows of :func:`nested_order`, in input order."""
-    bad = [f for f in fractions if not 0 < f <= 1]
-    if bad:
-        raise ValueError(f"fractions must be in (0, 1], got {bad}")
-    order = nested_order(table, seed=seed, by=by)
-    out = {}
-    for f in sorted(fractions):
-        take = np.sort(order[: int(f * table.num_rows + 0.5)])
-        out[fraction_name(f)] = table.take(pa.array(take, pa.int64()))
-    return out
+    rows = nested_fraction_rows(table, fractions, seed=seed, by=by)
+    return {name: table.take(pa.array(take, pa.int64())) for name, take in rows.items()}
+
+
+def ablation_masks(
+    instructions: pa.Table,
+    rejected: pa.Array,
+    splits: pa.Table,
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """The rows of each ablation subset (:func:`ablation_subsets`) as boolean masks over ``instructions``.
+
+    Reads only ``qa_id``, ``image_id``, ``kind`` and ``category``, so a key table of those
+    columns gives the masks of the whole artifact; ``rejected`` is :func:`rejected_ids`.
+    """
+    _check_fractions(fractions)
+    train = split_mask(instructions, splits, "train")
+    full = train & kept_mask(instructions, rejected)
+    kind = instructions.column("kind")
+    masks = {
+        "full": full,
+        "positive_only": full & _mask(pc.equal(kind, "positive")),
+        "negative_only": full & _mask(pc.equal(kind, "negative")),
+        "no_qc": train,
+    }
+    full_rows = np.flatnonzero(full)
+    keys = instructions.select(["qa_id", *FRACTION_STRATA]).take(pa.array(full_rows, pa.int64()))
+    for name, rows in nested_fraction_rows(keys, fractions, seed=seed).items():
+        mask = np.zeros(instructions.num_rows, dtype=bool)
+        mask[full_rows[rows]] = True
+        masks[name] = mask
+    return masks
 
 
 def ablation_subsets(
@@ -213,19 +286,12 @@ def ablation_subsets(
       pair with :func:`nested_order` (stratified by kind and category, seeded), so every
       fraction keeps the kind / category mix; ``frac_100`` equals ``full``.
 
-    Each table keeps the input's columns and row order.
+    Each table keeps the input's columns and row order. :func:`ablation_masks` gives the
+    same subsets as row masks (what the streaming build uses).
     """
-    train = in_split(instructions, splits, "train")
-    full = filtered(train, verdicts, drop_errors=drop_errors)
-    kind = full.column("kind")
-    subsets = {
-        "full": full,
-        "positive_only": full.filter(pc.equal(kind, "positive")),
-        "negative_only": full.filter(pc.equal(kind, "negative")),
-        "no_qc": train,
-    }
-    subsets.update(nested_fractions(full, fractions, seed=seed))
-    return subsets
+    rejected = rejected_ids(verdicts, drop_errors=drop_errors)
+    masks = ablation_masks(instructions, rejected, splits, fractions=fractions, seed=seed)
+    return {name: instructions.filter(mask) for name, mask in masks.items()}
 
 
 # --------------------------------------------------------------------------- leak check
@@ -273,14 +339,26 @@ def check_no_leak(splits: pa.Table, instructions: pa.Table | None = None, images
         raise LeakError(f"{len(unassigned)} pair(s) have an image with no split, e.g. {_examples(unassigned.combine_chunks())}")
     if images is None:
         return
+    suspects = leak_suspects(splits, images)
+    if suspects is not None:
+        pairs = instructions.filter(pc.is_in(instructions.column("image_id"), value_set=suspects.column("image_id").combine_chunks()))
+        check_question_leak(pairs, suspects)
+
+
+def leak_suspects(splits: pa.Table, images: pa.Table) -> pa.Table | None:
+    """``image_id``, lower-cased file ``name`` and ``split`` of the images whose file name is in
+    both splits (the only ones whose pairs can leak by question); None when there are none."""
     names = pa.table({"image_id": images.column("image_id"), "name": pc.utf8_lower(image_names(images))})
     named = names.join(splits.select(["image_id", "split"]), "image_id")
     shared = _both(named.select(["name", "split"]), ["name"]).column("name")
     if not len(shared):
-        return
-    # only pairs about an image whose file name is in both splits can be identical
-    suspects = named.filter(pc.is_in(named.column("name"), value_set=shared.combine_chunks()))
-    pairs = instructions.filter(pc.is_in(instructions.column("image_id"), value_set=suspects.column("image_id").combine_chunks()))
+        return None
+    return named.filter(pc.is_in(named.column("name"), value_set=shared.combine_chunks()))
+
+
+def check_question_leak(pairs: pa.Table, suspects: pa.Table) -> None:
+    """Raise :class:`LeakError` when an identical question about one file name (``pairs``:
+    ``image_id`` and ``question`` of the suspects' pairs) is in both splits."""
     keyed = pa.table({"image_id": pairs.column("image_id"), "question": _normalised_question(pairs)}).join(suspects, "image_id")
     leaked = _both(keyed.select(["name", "question", "split"]), ["name", "question"])
     if leaked.num_rows:

@@ -16,25 +16,52 @@ split=None, ...) -> list[Path]``, streams batch by batch, and writes atomically.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from medhall.export.base import Exporter, PathLike, image_paths
-from medhall.export.llamafactory import write_llamafactory
-from medhall.export.llava import write_llava
-from medhall.export.medhalltune import question_ids, with_question_ids, write_medhalltune
-from medhall.export.parquet import write_parquet
+from medhall.export.base import (
+    Exporter,
+    Job,
+    ParquetSource,
+    PathLike,
+    RowSource,
+    Sink,
+    TableSource,
+    as_source,
+    image_paths,
+    run_exports,
+)
+from medhall.export.llamafactory import llamafactory_sink, write_llamafactory
+from medhall.export.llava import llava_sink, write_llava
+from medhall.export.medhalltune import (
+    MedHallTuneSink,
+    question_ids,
+    release_keys,
+    with_question_ids,
+    write_medhalltune,
+)
+from medhall.export.parquet import parquet_sink, write_parquet
 from medhall.schema import SPLITS
-from medhall.split import check_no_leak, in_split
+from medhall.split import check_no_leak, check_question_leak, leak_suspects, split_mask
 
 EXPORTERS: dict[str, Exporter] = {
     "llava": write_llava,
     "llamafactory": write_llamafactory,
     "medhalltune": write_medhalltune,
     "parquet": write_parquet,
+}
+#: The sink behind each writer: ``<format>_sink(out_dir, *, name, split, **options) -> Sink``.
+SINKS: dict[str, Callable[..., Sink]] = {
+    "llava": llava_sink,
+    "llamafactory": llamafactory_sink,
+    "medhalltune": MedHallTuneSink,
+    "parquet": parquet_sink,
 }
 #: Options every writer that writes image paths understands.
 PATH_FORMATS = ("llava", "llamafactory", "parquet")
@@ -54,8 +81,74 @@ def _options(fmt: str, image_root: PathLike | None, format_options: Mapping[str,
     return opts
 
 
+@dataclass
+class ExportPlan:
+    """What :func:`plan_exports` decided: the jobs for :func:`run_exports`, the extra
+    ``question_id`` column they need, and the files they write (``{format: [paths]}``)."""
+
+    jobs: list[Job] = field(default_factory=list)
+    extra: dict[str, pa.Array] = field(default_factory=dict)
+    written: dict[str, list[Path]] = field(default_factory=dict)
+
+
+def _check_source_leaks(source: RowSource, keys: pa.Table, splits: pa.Table, images: pa.Table) -> None:
+    """:func:`medhall.split.check_no_leak` over a source: keys for the id checks, questions
+    read only for the pairs of images whose file name is in both splits."""
+    check_no_leak(splits, keys)
+    suspects = leak_suspects(splits, images)
+    if suspects is not None:
+        ids = suspects.column("image_id").combine_chunks()
+        pairs = source.where_image(ids, ["image_id", "question", "qa_id"])
+        if "qa_id" in keys.column_names and keys.num_rows < source.num_rows:  # only the exported pairs
+            pairs = pairs.filter(pc.is_in(pairs.column("qa_id"), value_set=keys.column("qa_id").combine_chunks()))
+        check_question_leak(pairs, suspects)
+
+
+def plan_exports(
+    source: pa.Table | RowSource,
+    images: pa.Table,
+    splits: pa.Table,
+    out_dir: PathLike,
+    formats: Sequence[str] | None = None,
+    name: str = "medhall",
+    *,
+    image_root: PathLike | None = None,
+    format_options: Mapping[str, Mapping[str, Any]] | None = None,
+    mask: np.ndarray | None = None,
+    keys: pa.Table | None = None,
+) -> ExportPlan:
+    """:func:`export_all` without writing: check the split, number the release questions and
+    return the jobs. ``mask`` selects the exported rows of ``source`` (None: all), so several
+    plans over one source (the QC-filtered set, each ablation subset) run in one
+    :func:`run_exports` and share its passes over the data. ``keys``: the source's key
+    columns (``qa_id``, ``image_id``, and ``kind``, ``source_qa_id`` for the release format)
+    when the caller has them already (read from the source otherwise)."""
+    chosen = _formats(formats)
+    source = as_source(source)
+    if keys is None:
+        keys = source.read([c for c in ("qa_id", "image_id", "kind", "source_qa_id", "question_id") if c in source.column_names])
+    chosen_keys = keys if mask is None else keys.filter(mask)
+    _check_source_leaks(source, chosen_keys, splits, images)
+    plan = ExportPlan()
+    if "medhalltune" in chosen:
+        plan.extra = release_keys(source, mask, keys=keys)
+    split_masks = {split: split_mask(keys, splits, split) for split in SPLITS}
+    if mask is not None:
+        split_masks = {split: m & mask for split, m in split_masks.items()}
+    for fmt in chosen:
+        opts = _options(fmt, image_root, format_options)
+        folder = Path(out_dir) / fmt
+        paths: list[Path] = []
+        for split, m in split_masks.items():
+            sink = SINKS[fmt](folder, name=name, split=split, **opts)
+            plan.jobs.append(Job(sink, m))
+            paths += sink.paths
+        plan.written[fmt] = list(dict.fromkeys(paths))  # a shared file (dataset_info.json) once
+    return plan
+
+
 def export_all(
-    instructions: pa.Table,
+    instructions: pa.Table | RowSource,
     images: pa.Table,
     splits: pa.Table,
     out_dir: PathLike,
@@ -68,30 +161,31 @@ def export_all(
     """Write train and test files of ``instructions`` in each format under ``out_dir/<format>/``.
 
     ``instructions`` is exported as given: pass :func:`medhall.split.filtered` output for the
-    QC-filtered dataset. The split is checked first (:func:`medhall.split.check_no_leak`
-    raises on a leak or a pair whose image has no split). Release ``question_id`` values
-    are assigned once over all splits. ``format_options``: extra keyword arguments per
-    format, e.g. ``{"llava": {"multi_turn": True}}``. Returns ``{format: [paths]}``.
+    QC-filtered dataset (or a :class:`medhall.export.base.ParquetSource` to stream a file).
+    The split is checked first (:func:`medhall.split.check_no_leak` raises on a leak or a pair
+    whose image has no split). Release ``question_id`` values are assigned once over all
+    splits. ``format_options``: extra keyword arguments per format, e.g.
+    ``{"llava": {"multi_turn": True}}``. Returns ``{format: [paths]}``. Every file is
+    streamed: one pass over the pairs per output order, all files committed together.
     """
-    chosen = _formats(formats)
-    check_no_leak(splits, instructions, images)
-    table = with_question_ids(instructions) if "medhalltune" in chosen else instructions
-    parts = {split: in_split(table, splits, split) for split in SPLITS}
-    written: dict[str, list[Path]] = {}
-    for fmt in chosen:
-        opts = _options(fmt, image_root, format_options)
-        folder = Path(out_dir) / fmt
-        paths: list[Path] = []
-        for split, part in parts.items():
-            paths += EXPORTERS[fmt](part, images, folder, name=name, split=split, **opts)
-        written[fmt] = list(dict.fromkeys(paths))  # a shared file (dataset_info.json) once
-    return written
+    source = as_source(instructions)
+    plan = plan_exports(source, images, splits, out_dir, formats, name, image_root=image_root, format_options=format_options)
+    run_exports(source, images, plan.jobs, extra=plan.extra)
+    return plan.written
 
 
 __all__ = [
     "EXPORTERS",
+    "SINKS",
+    "ExportPlan",
     "Exporter",
+    "Job",
+    "ParquetSource",
+    "Sink",
+    "TableSource",
     "export_all",
+    "plan_exports",
+    "run_exports",
     "image_paths",
     "question_ids",
     "with_question_ids",

@@ -23,14 +23,18 @@ import itertools
 import json
 import logging
 import os
+import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from medhall.split import image_names
 
@@ -187,9 +191,324 @@ def image_view(images: pa.Table, image_root: PathLike | None = None) -> pa.Table
     return pa.table(cols)
 
 
-def _image_index(instructions: pa.Table, view: pa.Table) -> pa.Array:
-    """For each pair, the row of its image in ``view``; raises when an image is unknown."""
-    idx = pc.index_in(instructions.column("image_id"), value_set=view.column("image_id").combine_chunks())
+# --------------------------------------------------------------------------- row sources
+
+
+class TableSource:
+    """Instructions held in memory: rows are taken from the table directly."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.num_rows = table.num_rows
+        self.column_names = table.column_names
+
+    def read(self, columns: Sequence[str]) -> pa.Table:
+        """The given columns of every row (for a table: no copy)."""
+        return self.table.select(list(columns))
+
+    def where_image(self, image_ids: pa.Array, columns: Sequence[str]) -> pa.Table:
+        """The given columns of the pairs about ``image_ids``."""
+        return self.table.select(list(columns)).filter(pc.is_in(self.table.column("image_id"), value_set=image_ids))
+
+    def take_batches(self, rows: np.ndarray, columns: Sequence[str], batch_size: int) -> Iterator[tuple[np.ndarray, pa.Table]]:
+        """``(rows slice, those rows' columns)`` for each ``batch_size`` slice of ``rows``, in that order."""
+        own = self.table.select(list(columns))
+        for start in range(0, len(rows), batch_size):
+            take = rows[start : start + batch_size]
+            yield take, own.take(pa.array(take, pa.int64()))
+
+
+class ParquetSource:
+    """Instructions in a Parquet file, read batch by batch; never materialised whole.
+
+    :meth:`take_batches` returns rows in any order with memory bounded by ``bucket_rows``: one
+    pass over the file distributes the wanted rows to temporary Arrow IPC files, one per
+    ``bucket_rows`` consecutive output positions (a distribution sort); each bucket is then
+    read, put in order and handed out. Rows already in file order skip the temporary files.
+    """
+
+    def __init__(self, path: PathLike, *, tmp_dir: PathLike | None = None, read_rows: int = 65536, bucket_rows: int = 65536) -> None:
+        self.path = Path(path)
+        self.tmp_dir = tmp_dir
+        self.read_rows = read_rows
+        self.bucket_rows = bucket_rows
+        meta = pq.ParquetFile(self.path).metadata
+        self.num_rows = meta.num_rows
+        self._schema = meta.schema.to_arrow_schema()
+        self.column_names = list(self._schema.names)
+
+    def _batches(self, columns: Sequence[str]) -> Iterator[tuple[int, pa.RecordBatch]]:
+        offset = 0
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.read_rows, columns=list(columns), use_threads=False):
+            yield offset, batch
+            offset += batch.num_rows
+
+    def read(self, columns: Sequence[str]) -> pa.Table:
+        return pq.read_table(self.path, columns=list(columns))
+
+    def where_image(self, image_ids: pa.Array, columns: Sequence[str]) -> pa.Table:
+        cols = list(dict.fromkeys(["image_id", *columns]))
+        parts = [b.filter(pc.is_in(b.column("image_id"), value_set=image_ids)) for _, b in self._batches(cols)]
+        return pa.Table.from_batches(parts, schema=pa.schema([self._schema.field(c) for c in cols])).select(list(columns))
+
+    def take_batches(self, rows: np.ndarray, columns: Sequence[str], batch_size: int) -> Iterator[tuple[np.ndarray, pa.Table]]:
+        n = len(rows)
+        if n == 0:
+            return
+        position = np.full(self.num_rows, -1, dtype=np.int64)  # output position of each file row
+        position[rows] = np.arange(n)
+        if n == 1 or bool(np.all(np.diff(rows) > 0)):
+            yield from self._in_file_order(rows, position, columns, batch_size)
+            return
+        bucket_rows = max(1, self.bucket_rows // batch_size) * batch_size  # batches never straddle buckets
+        with tempfile.TemporaryDirectory(prefix=".medhall-sort-", dir=self.tmp_dir) as tmp:
+            paths = [Path(tmp) / f"{b}.arrow" for b in range((n + bucket_rows - 1) // bucket_rows)]
+            writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
+            options = pa.ipc.IpcWriteOptions(compression="lz4")
+            try:
+                for offset, batch in self._batches(columns):
+                    pos = position[offset : offset + batch.num_rows]
+                    keep = np.flatnonzero(pos >= 0)
+                    if not len(keep):
+                        continue
+                    buckets = pos[keep] // bucket_rows
+                    by_bucket = np.argsort(buckets, kind="stable")
+                    keep, buckets = keep[by_bucket], buckets[by_bucket]
+                    picked = batch.take(pa.array(keep, pa.int64())).append_column("__pos", pa.array(pos[keep]))
+                    bounds = np.flatnonzero(np.diff(buckets)) + 1
+                    for lo, hi in zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(buckets)])), strict=True):
+                        b = int(buckets[lo])
+                        if b not in writers:
+                            writers[b] = pa.ipc.new_stream(str(paths[b]), picked.schema, options=options)
+                        writers[b].write_batch(picked.slice(lo, hi - lo))
+            finally:
+                for w in writers.values():
+                    w.close()
+            for b, path in enumerate(paths):
+                with pa.memory_map(str(path)) as source:
+                    bucket = pa.ipc.open_stream(source).read_all()
+                path.unlink()
+                local = bucket.column("__pos").to_numpy() - b * bucket_rows
+                order = np.empty(len(local), dtype=np.int64)
+                order[local] = np.arange(len(local))
+                bucket = bucket.drop_columns(["__pos"]).take(pa.array(order, pa.int64()))
+                start = b * bucket_rows
+                for s in range(0, bucket.num_rows, batch_size):
+                    yield rows[start + s : start + s + batch_size], bucket.slice(s, batch_size)
+                del bucket
+
+    def _in_file_order(self, rows: np.ndarray, position: np.ndarray, columns: Sequence[str], batch_size: int) -> Iterator[tuple[np.ndarray, pa.Table]]:
+        pending: list[pa.RecordBatch] = []
+        done = 0
+        for offset, batch in self._batches(columns):
+            keep = np.flatnonzero(position[offset : offset + batch.num_rows] >= 0)
+            if len(keep):
+                pending.append(batch.take(pa.array(keep, pa.int64())))
+            buffered = sum(b.num_rows for b in pending)
+            while buffered >= batch_size or (buffered and done + buffered == len(rows)):
+                table = pa.Table.from_batches(pending)
+                out = table.slice(0, batch_size)
+                yield rows[done : done + out.num_rows], out
+                done += out.num_rows
+                pending = table.slice(out.num_rows).to_batches()
+                buffered -= out.num_rows
+
+
+RowSource = TableSource | ParquetSource
+
+
+def _flat(a: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+
+
+def as_source(instructions: pa.Table | RowSource) -> RowSource:
+    return TableSource(instructions) if isinstance(instructions, pa.Table) else instructions
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+class Sink:
+    """One export target fed with view batches (in :attr:`order`) by :func:`run_exports`.
+
+    A sink opens its files atomically on ``__enter__``, takes batches with :meth:`write` and
+    commits on a clean ``__exit__`` (a failure leaves no file); :attr:`paths` are its files.
+    """
+
+    order: Sequence[tuple[str, str]] = DEFAULT_ORDER
+    image_root: PathLike | None = None
+    paths: list[Path]
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def write(self, batch: pa.Table) -> None:
+        raise NotImplementedError
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        return None
+
+
+class JsonSink(Sink):
+    """View rows -> ``records(rows)`` -> one JSON array (or JSON lines) file.
+
+    ``answered_only``: pairs without an answer are left out (and counted in the log).
+    ``by_image``: ``records`` groups rows by image, so a batch handed to it always ends at an
+    image boundary (the last image's rows wait for the next batch).
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        records: Callable[[list[dict[str, Any]]], Iterable[Any]],
+        *,
+        lines: bool = False,
+        answered_only: bool = False,
+        by_image: bool = False,
+        image_root: PathLike | None = None,
+        order: Sequence[tuple[str, str]] = DEFAULT_ORDER,
+    ) -> None:
+        self.paths = [Path(path)]
+        self.records = records
+        self.answered_only = answered_only
+        self.by_image = by_image
+        self.image_root = image_root
+        self.order = order
+        self.unanswered = 0
+        self._writer = JsonWriter(path, lines=lines)
+        self._pending: list[dict[str, Any]] = []
+
+    def __enter__(self) -> JsonSink:
+        self._writer.__enter__()
+        return self
+
+    def write(self, batch: pa.Table) -> None:
+        if self.answered_only:
+            answered = pc.is_valid(batch.column("answer"))
+            self.unanswered += batch.num_rows - (pc.sum(answered).as_py() or 0)
+            batch = batch.filter(answered)
+        for rb in batch.combine_chunks().to_batches():
+            rows = rb.to_pylist()
+            if self.by_image and rows:
+                rows, last = self._pending + rows, rows[-1]["image_id"]
+                cut = len(rows)
+                while cut and rows[cut - 1]["image_id"] == last:
+                    cut -= 1
+                rows, self._pending = rows[:cut], rows[cut:]
+            self._writer.write_many(self.records(rows))
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            if exc is None:
+                if self._pending:
+                    self._writer.write_many(self.records(self._pending))
+                if self.unanswered:
+                    log.info("export: left out %d pair(s) without an answer", self.unanswered)
+        finally:
+            self._writer.__exit__(exc_type, exc, tb)
+
+
+@dataclass
+class Job:
+    """A sink and the source rows it takes (a boolean mask over the source; None: all)."""
+
+    sink: Sink
+    mask: np.ndarray | None = None
+
+
+def _order_columns(order: Sequence[tuple[str, str]]) -> list[str]:
+    return [c for c, _ in order]
+
+
+def _present(source: RowSource, extra: Mapping[str, Any]) -> list[str]:
+    return [c for c in INSTRUCTION_COLUMNS if c in source.column_names and c not in extra]
+
+
+def view_batches(
+    source: RowSource,
+    images: pa.Table,
+    rows: np.ndarray,
+    *,
+    image_roots: Sequence[PathLike | None] = (None,),
+    extra: Mapping[str, pa.Array] | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> Iterator[tuple[np.ndarray, dict[Any, pa.Table]]]:
+    """Source ``rows`` (in that order), ``batch_size`` at a time, joined with their image's columns.
+
+    Yields ``(rows slice, {image_root: view batch})``: a view batch has the
+    :data:`INSTRUCTION_COLUMNS` present (``extra`` columns, aligned to the source rows, are
+    taken along), then ``image``, ``image_name`` and :data:`IMAGE_COLUMNS`. The join is an
+    ``index_in`` over the image ids and a ``take`` per batch.
+    """
+    extra = {c: _flat(a) for c, a in (extra or {}).items()}
+    columns = _present(source, extra)
+    names = [c for c in INSTRUCTION_COLUMNS if c in columns or c in extra]
+    views = {root: image_view(images, root) for root in dict.fromkeys(image_roots)}
+    image_ids = next(iter(views.values())).column("image_id").combine_chunks()
+    for take, part in source.take_batches(rows, columns, batch_size):
+        idx = _image_index(part, image_ids)
+        cols = {c: part.column(c) for c in columns}
+        cols.update({c: a.take(pa.array(take, pa.int64())) for c, a in extra.items()})
+        left = [cols[c] for c in names]
+        out = {}
+        for root, view in views.items():
+            right = view.drop_columns(["image_id"]).take(idx)
+            out[root] = pa.Table.from_arrays([*left, *right.columns], names=[*names, *right.column_names]).combine_chunks()
+        yield take, out
+
+
+def run_exports(
+    source: pa.Table | RowSource,
+    images: pa.Table,
+    jobs: Sequence[Job],
+    *,
+    extra: Mapping[str, pa.Array] | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> list[Path]:
+    """Feed every job's sink its rows, in the sink's order; one pass over the source per order.
+
+    Only key columns of the source are held whole (``image_id`` and the order columns); the
+    rows themselves stream ``batch_size`` at a time (:func:`view_batches`). Every image is
+    checked first (``ValueError`` when a pair's image is not in ``images``), before any file is
+    written; all files are committed together at the end. Returns every sink's paths.
+    """
+    source = as_source(source)
+    extra = dict(extra or {})
+    orders = list(dict.fromkeys(tuple(j.sink.order) for j in jobs))
+    key_cols = list(dict.fromkeys(["image_id", *(c for o in orders for c in _order_columns(o) if c not in extra)]))
+    keys = source.read(key_cols)
+    for c, a in extra.items():
+        keys = keys.append_column(c, a)
+    everyone = np.zeros(source.num_rows, dtype=bool)
+    for j in jobs:
+        everyone |= True if j.mask is None else j.mask
+    _image_index(keys.filter(everyone), image_view(images).column("image_id").combine_chunks())
+    with contextlib.ExitStack() as stack:
+        for j in jobs:
+            stack.enter_context(j.sink)
+        for order in orders:
+            group = [j for j in jobs if tuple(j.sink.order) == order]
+            union = np.zeros(source.num_rows, dtype=bool)
+            for j in group:
+                union |= True if j.mask is None else j.mask
+            picked = np.flatnonzero(union)
+            rows = picked[sorted_rows(keys.take(pa.array(picked, pa.int64())), order).to_numpy()]
+            roots = [j.sink.image_root for j in group]
+            for take, views in view_batches(source, images, rows, image_roots=roots, extra=extra, batch_size=batch_size):
+                for j in group:
+                    view = views[j.sink.image_root]
+                    if j.mask is not None:
+                        m = j.mask[take]
+                        if not m.all():
+                            view = view.filter(pa.array(m))
+                    if view.num_rows:
+                        j.sink.write(view)
+    return [p for j in jobs for p in j.sink.paths]
+
+
+def _image_index(instructions: pa.Table, image_ids: pa.Array) -> pa.Array:
+    """For each pair, the row of its image in ``image_ids``; raises when an image is unknown."""
+    idx = pc.index_in(instructions.column("image_id"), value_set=image_ids)
     if idx.null_count:
         lost = instructions.filter(pc.is_null(idx)).column("image_id")
         raise ValueError(
@@ -205,19 +524,13 @@ def sorted_rows(table: pa.Table, order: Sequence[tuple[str, str]] = DEFAULT_ORDE
     return pc.sort_indices(table, sort_keys=list(order))
 
 
-def _log_unanswered(instructions: pa.Table, rows: pa.Array) -> None:
-    missing = pc.sum(pc.is_null(instructions.column("answer")).take(rows)).as_py() or 0
-    if missing:
-        log.info("export: left out %d pair(s) without an answer", missing)
-
-
 def export_batches(
-    instructions: pa.Table,
+    instructions: pa.Table | RowSource,
     images: pa.Table,
     *,
     image_root: PathLike | None = None,
     order: Sequence[tuple[str, str]] = DEFAULT_ORDER,
-    rows: pa.Array | None = None,
+    rows: pa.Array | np.ndarray | None = None,
     answered_only: bool = False,
     batch_size: int = BATCH_SIZE,
 ) -> Iterator[pa.RecordBatch]:
@@ -230,21 +543,22 @@ def export_batches(
     The join is one ``index_in`` over the image ids and a ``take`` per batch: beyond the
     inputs, only index arrays and one batch are in memory.
     """
-    view = image_view(images, image_root)
-    own = instructions.select([c for c in INSTRUCTION_COLUMNS if c in instructions.column_names])
-    idx = _image_index(own, view)
-    rows = sorted_rows(own, order) if rows is None else rows
-    if answered_only:
-        _log_unanswered(own, rows)
-    image_cols = view.drop_columns(["image_id"])
-    for start in range(0, len(rows), batch_size):
-        take = rows.slice(start, batch_size)
-        left = own.take(take)
-        right = image_cols.take(idx.take(take))
-        joined = pa.Table.from_arrays([*left.columns, *right.columns], names=[*left.column_names, *right.column_names])
+    source = as_source(instructions)
+    keys = source.read(list(dict.fromkeys(["image_id", *_order_columns(order)])))
+    _image_index(keys, image_view(images).column("image_id").combine_chunks())
+    if rows is None:
+        rows = sorted_rows(keys, order)
+    rows = rows.to_numpy() if isinstance(rows, pa.Array | pa.ChunkedArray) else np.asarray(rows, dtype=np.int64)
+    unanswered = 0
+    for _, views in view_batches(source, images, rows, image_roots=[image_root], batch_size=batch_size):
+        joined = views[image_root]
         if answered_only:
-            joined = joined.filter(pc.is_valid(joined.column("answer")))
-        yield from joined.combine_chunks().to_batches()
+            answered = pc.is_valid(joined.column("answer"))
+            unanswered += joined.num_rows - (pc.sum(answered).as_py() or 0)
+            joined = joined.filter(answered)
+        yield from joined.to_batches()
+    if unanswered:
+        log.info("export: left out %d pair(s) without an answer", unanswered)
 
 
 def iter_records(instructions: pa.Table, images: pa.Table, **options: Any) -> Iterator[dict[str, Any]]:

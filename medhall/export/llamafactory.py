@@ -25,19 +25,23 @@ relative (see :func:`medhall.export.base.image_paths`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pyarrow as pa
 
 from medhall.export.base import (
+    Job,
+    JsonSink,
     PathLike,
-    iter_records,
+    RowSource,
     output_path,
     read_json,
+    run_exports,
     write_json_file,
-    write_json_records,
 )
 from medhall.export.llava import by_image, conversation
 
@@ -78,8 +82,34 @@ def update_dataset_info(out_dir: PathLike, entries: dict[str, dict[str, Any]]) -
     return write_json_file(path, dict(sorted(info.items())))
 
 
+class LlamaFactorySink(JsonSink):
+    """A ShareGPT JSON file; its ``dataset_info.json`` entry is added once the file is written."""
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        super().__exit__(exc_type, exc, tb)
+        if exc is None:
+            path = self.paths[0]
+            update_dataset_info(path.parent, {path.stem: dataset_info_entry(path.name)})
+
+
+def llamafactory_sink(
+    out_dir: PathLike,
+    *,
+    name: str,
+    split: str | None = None,
+    image_root: PathLike | None = None,
+    multi_turn: bool = False,
+) -> LlamaFactorySink:
+    """The sink that writes ``<name>_<split>.json`` and its ``dataset_info.json`` entry."""
+    path = output_path(out_dir, name, split, ".json")
+    records = functools.partial(sharegpt_records, multi_turn=multi_turn)
+    sink = LlamaFactorySink(path, records, answered_only=True, by_image=multi_turn, image_root=image_root)
+    sink.paths.append(Path(out_dir) / DATASET_INFO)
+    return sink
+
+
 def write_llamafactory(
-    instructions: pa.Table,
+    instructions: pa.Table | RowSource,
     images: pa.Table,
     out_dir: PathLike,
     *,
@@ -89,8 +119,5 @@ def write_llamafactory(
     multi_turn: bool = False,
 ) -> list[Path]:
     """Write ``<name>_<split>.json`` and its ``dataset_info.json`` entry; returns both paths."""
-    path = output_path(out_dir, name, split, ".json")
-    rows = iter_records(instructions, images, image_root=image_root, answered_only=True)
-    write_json_records(path, sharegpt_records(rows, multi_turn=multi_turn))
-    info = update_dataset_info(out_dir, {path.stem: dataset_info_entry(path.name)})
-    return [path, info]
+    sink = llamafactory_sink(out_dir, name=name, split=split, image_root=image_root, multi_turn=multi_turn)
+    return run_exports(instructions, images, [Job(sink)])

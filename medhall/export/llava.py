@@ -13,6 +13,7 @@ Pairs without an answer are left out (nothing to learn; the count is logged).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,11 +22,13 @@ from typing import Any
 import pyarrow as pa
 
 from medhall.export.base import (
+    Job,
+    JsonSink,
     PathLike,
+    RowSource,
     human_turn,
-    iter_records,
     output_path,
-    write_json_records,
+    run_exports,
 )
 
 FORMAT = "llava"
@@ -47,7 +50,7 @@ def by_image(rows: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
 
 
 def llava_records(rows: Iterable[dict[str, Any]], *, multi_turn: bool = False) -> Iterator[dict[str, Any]]:
-    """LLaVA records from view rows (:func:`medhall.export.base.iter_records`)."""
+    """LLaVA records from view rows (:func:`medhall.export.base.view_batches`)."""
     if multi_turn:
         for group in by_image(rows):
             yield {"id": group[0]["image_id"], "image": group[0]["image"], "conversations": conversation(group)}
@@ -56,8 +59,22 @@ def llava_records(rows: Iterable[dict[str, Any]], *, multi_turn: bool = False) -
             yield {"id": r["qa_id"], "image": r["image"], "conversations": conversation([r])}
 
 
+def llava_sink(
+    out_dir: PathLike,
+    *,
+    name: str,
+    split: str | None = None,
+    image_root: PathLike | None = None,
+    multi_turn: bool = False,
+) -> JsonSink:
+    """The sink that writes ``<out_dir>/<name>_<split>.json`` (for :func:`medhall.export.base.run_exports`)."""
+    path = output_path(out_dir, name, split, ".json")
+    records = functools.partial(llava_records, multi_turn=multi_turn)
+    return JsonSink(path, records, answered_only=True, by_image=multi_turn, image_root=image_root)
+
+
 def write_llava(
-    instructions: pa.Table,
+    instructions: pa.Table | RowSource,
     images: pa.Table,
     out_dir: PathLike,
     *,
@@ -67,6 +84,5 @@ def write_llava(
     multi_turn: bool = False,
 ) -> list[Path]:
     """Write ``<out_dir>/<name>_<split>.json`` (a JSON array, streamed); returns ``[path]``."""
-    path = output_path(out_dir, name, split, ".json")
-    rows = iter_records(instructions, images, image_root=image_root, answered_only=True)
-    return [write_json_records(path, llava_records(rows, multi_turn=multi_turn))]
+    sink = llava_sink(out_dir, name=name, split=split, image_root=image_root, multi_turn=multi_turn)
+    return run_exports(instructions, images, [Job(sink)])

@@ -24,8 +24,10 @@ never collide.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -34,11 +36,14 @@ import pyarrow.compute as pc
 
 from medhall.export.base import (
     IMAGE_TOKEN,
+    Job,
+    JsonWriter,
     PathLike,
-    iter_records,
+    RowSource,
+    Sink,
+    as_source,
     output_path,
-    sorted_rows,
-    write_json_records,
+    run_exports,
 )
 from medhall.schema import KINDS
 
@@ -103,8 +108,60 @@ def _check_kinds(instructions: pa.Table) -> None:
         raise ValueError(f"medhalltune export: {count} pair(s) have no kind (positive/negative); the release has one file per kind")
 
 
+#: Release files are ordered by ``question_id`` within each kind.
+RELEASE_ORDER = (("kind", "ascending"), (QUESTION_ID, "ascending"), ("qa_id", "ascending"))
+#: The columns :func:`question_ids` reads.
+KEY_COLUMNS = ("qa_id", "kind", "source_qa_id")
+
+
+class MedHallTuneSink(Sink):
+    """One JSONL file per kind, fed in :data:`RELEASE_ORDER` (rows need a ``question_id``)."""
+
+    order = RELEASE_ORDER
+
+    def __init__(self, out_dir: PathLike, *, name: str, split: str | None = None) -> None:
+        self.paths = [output_path(out_dir, name, split, f"_{kind}_qa.jsonl") for kind in KINDS]
+        self._writers = {kind: JsonWriter(path, lines=True) for kind, path in zip(KINDS, self.paths, strict=True)}
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> MedHallTuneSink:
+        for w in self._writers.values():
+            self._stack.enter_context(w)
+        return self
+
+    def write(self, batch: pa.Table) -> None:
+        kinds = batch.column("kind")
+        for kind, writer in self._writers.items():
+            part = batch.filter(pc.fill_null(pc.equal(kinds, kind), False))
+            if part.num_rows:
+                writer.write_many(release_records(part.to_pylist()))
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._stack.__exit__(exc_type, exc, tb)
+
+
+def release_keys(source: RowSource, mask: np.ndarray | None = None, *, keys: pa.Table | None = None) -> dict[str, pa.Array]:
+    """Check the kinds of the rows in ``mask`` and number them: ``{"question_id": ...}``
+    aligned to the source rows (empty when the source has the column). Only
+    :data:`KEY_COLUMNS` are read (or taken from ``keys``), so this is cheap for a whole artifact."""
+    if keys is None:
+        keys = source.read([c for c in KEY_COLUMNS if c in source.column_names])
+    chosen = keys if mask is None else keys.filter(mask)
+    _check_kinds(chosen)
+    if QUESTION_ID in source.column_names:
+        return {}
+    qids = np.zeros(source.num_rows, dtype=np.int64)
+    ids = question_ids(chosen.select([c for c in KEY_COLUMNS if c in chosen.column_names]))
+    ids = (ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids).to_numpy(zero_copy_only=False)
+    if mask is None:
+        qids[:] = ids
+    else:
+        qids[np.flatnonzero(mask)] = ids
+    return {QUESTION_ID: pa.array(qids)}
+
+
 def write_medhalltune(
-    instructions: pa.Table,
+    instructions: pa.Table | RowSource,
     images: pa.Table,
     out_dir: PathLike,
     *,
@@ -112,13 +169,6 @@ def write_medhalltune(
     split: str | None = None,
 ) -> list[Path]:
     """Write ``<name>_<split>_positive_qa.jsonl`` and ``..._negative_qa.jsonl``; returns both paths."""
-    _check_kinds(instructions)
-    table = with_question_ids(instructions)
-    order = sorted_rows(table, (("kind", "ascending"), (QUESTION_ID, "ascending"), ("qa_id", "ascending")))
-    kinds = table.column("kind").take(order)
-    paths = []
-    for kind in KINDS:
-        rows = order.filter(pc.equal(kinds, kind))
-        records = release_records(iter_records(table, images, rows=rows))
-        paths.append(write_json_records(output_path(out_dir, name, split, f"_{kind}_qa.jsonl"), records, lines=True))
-    return paths
+    source = as_source(instructions)
+    extra = release_keys(source)
+    return run_exports(source, images, [Job(MedHallTuneSink(out_dir, name=name, split=split))], extra=extra)

@@ -280,13 +280,14 @@ def filter_passed(instructions: pa.Table, verdicts: pa.Table) -> pa.Table:
     )
 
 
-def qc_summary(verdicts: pa.Table, n_pairs: int) -> pa.Table:
+def qc_summary(verdicts: pa.Table, n_pairs: int, checks: Iterable[str] | None = None) -> pa.Table:
     """Filtered pairs and share per check, then ``any`` (a pair fails if any check says incorrect).
 
     Columns: check, filtered (distinct pairs judged incorrect), errors (distinct pairs the check
-    could not decide), n_pairs, share (filtered / n_pairs).
+    could not decide), n_pairs, share (filtered / n_pairs). ``checks``: the checks to list when
+    ``verdicts`` holds only the non-passing rows (a large table need not be read whole).
     """
-    checks = sorted(pc.unique(verdicts.column("check")).to_pylist())
+    checks = sorted(set(checks) if checks is not None else pc.unique(verdicts.column("check")).to_pylist())
     rows = []
     for check in [*checks, "any"]:
         part = (

@@ -62,7 +62,7 @@ class FakeBackend:
         self.latency = latency
         self.supports_json_schema = supports_json_schema
         self.calls: Counter[str] = Counter()  # attempts per request fingerprint
-        self.prompts: Counter[str] = Counter()  # attempts per last user message
+        self.prompts: Counter[str] = Counter()  # attempts per last user message, unless keep_requests=False
         self.requests: list[ChatRequest] = []  # every request seen, unless keep_requests=False
         self.keep_requests = keep_requests
 
@@ -89,8 +89,8 @@ class FakeBackend:
         key = _fingerprint(request)
         prompt = request.messages[-1].text() if request.messages else ""
         self.calls[key] += 1
-        self.prompts[prompt] += 1
         if self.keep_requests:
+            self.prompts[prompt] += 1
             self.requests.append(request)
         outcome = self._outcome(request, prompt, self.calls[key])
         reply = outcome if isinstance(outcome, FakeReply) else None

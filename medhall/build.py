@@ -23,8 +23,6 @@ and templates), so a change of generator settings starts a fresh set of shards.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from medhall import schema
+from medhall import atomic, schema
 from medhall.endpoints import LLMSettings
 from medhall.generate import OfflineConfig
 from medhall.ids import canonical_json, sha256_hex
@@ -142,7 +140,7 @@ def prepare(store: ArtifactStore, cfg: BuildConfig) -> Plan:
     (wd / "shards").mkdir(parents=True, exist_ok=True)
     stats_path = wd / f"corpus-stats-{fingerprint[:16]}.json"
     if not stats_path.exists():
-        _atomic_write(stats_path, corpus_statistics(images.column("caption").to_pylist()).to_json().encode())
+        atomic.write_bytes(stats_path, corpus_statistics(images.column("caption").to_pylist()).to_json().encode())
     done_keys = {k for keys in finished(wd).values() for k in keys}
     keys = _image_keys(images)
     order = sorted((k, i) for i, k in enumerate(keys) if k not in done_keys)
@@ -154,19 +152,6 @@ def prepare(store: ArtifactStore, cfg: BuildConfig) -> Plan:
     return Plan(wd, fingerprint, stats_path, tuple(todo), len(finished(wd)), images.num_rows)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_parquet(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
 
 
 def _shard_images(store: ArtifactStore, cfg: BuildConfig, shard: Shard, images: pa.Table | None = None) -> pa.Table:
@@ -221,11 +206,11 @@ def generate_shard(
     failed |= set(pairs.filter(errored).column("image_id").to_pylist())
     for p in problems:
         p["dataset"] = cfg.dataset
-    _atomic_parquet(out, pairs)
-    _atomic_parquet(out.with_suffix(".qc.parquet"), verdicts)
-    _atomic_parquet(out.with_suffix(".quarantine.parquet"), schema.from_rows("quarantine", problems))
+    atomic.write_parquet(out, pairs)
+    atomic.write_parquet(out.with_suffix(".qc.parquet"), verdicts)
+    atomic.write_parquet(out.with_suffix(".quarantine.parquet"), schema.from_rows("quarantine", problems))
     done = images.filter(pc.invert(pc.is_in(images.column("image_id"), pa.array(sorted(failed), pa.string()))))
-    _atomic_write(
+    atomic.write_bytes(
         plan_dir / "shards" / f"{shard.key}{DONE_SUFFIX}",
         json.dumps({"images": _image_keys(done), "failed": sorted(failed), "pairs": pairs.num_rows}).encode(),
     )

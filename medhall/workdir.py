@@ -14,7 +14,7 @@ def work_id(wd: Path | str, *, create: bool = False) -> str | None:
     A deleted and remade folder gets a new id (an inode number may be reused; this is not), so
     a Prefect cache key that includes it cannot answer for shard outputs that are gone.
     """
-    from medhall.export.base import atomic_path
+    from medhall.atomic import atomic_path
 
     path = Path(wd) / WORK_ID_FILE
     if not path.exists() and create:

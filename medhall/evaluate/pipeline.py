@@ -28,10 +28,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import os
 import re
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-from medhall import schema
+from medhall import atomic, schema
 from medhall.endpoints import LLMSettings
 from medhall.ids import canonical_json, file_sha256, sha256_hex
 from medhall.store import Artifact, ArtifactStore
@@ -370,23 +368,14 @@ def _plan(work_dir: Path, wanted: Sequence[str], shard_size: int, run_id: str) -
     return StagePlan(work_dir, run_id, shards, len(set(wanted) & done), len(set(wanted)))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _write_shard(work_dir: Path, shard: EvalShard, table: pa.Table, done: Sequence[str]) -> Path:
     """The shard's rows, then its completion marker (last: a marker means the rows are there)."""
     out = work_dir / "shards" / f"{shard.key}.parquet"
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, out)
+    atomic.write_parquet(out, table)
     marker = {"done": sorted(done), "failed": sorted(set(shard.qa_ids) - set(done)), "rows": table.num_rows}
-    _atomic_write(work_dir / "shards" / f"{shard.key}{DONE_SUFFIX}", json.dumps(marker).encode())
+    atomic.write_bytes(work_dir / "shards" / f"{shard.key}{DONE_SUFFIX}", json.dumps(marker).encode())
     return out
 
 
@@ -806,7 +795,7 @@ def write_report(store: ArtifactStore, cfg: EvalConfig, run_id: str, *, judge_mo
     markdown = render_markdown(store, cfg, questions, table, judge_model=judge_model, comparison=comparison,
                                compare_with=compare_with, note=other_note, files={"CSV": csv_path, "chart": png_path, **compare_paths})
     md_path = out / "report.md"
-    _atomic_write(md_path, markdown.encode())
+    atomic.write_bytes(md_path, markdown.encode())
     return ReportFiles(md_path, csv_path, png_path, markdown, table, comparison, compare_paths)
 
 

@@ -41,8 +41,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medhall.atomic import atomic_path
 from medhall.evaluate.vqa_data import VQAItem, VQALoad, benchmark_key, load_benchmark, prompt_for
-from medhall.export.base import atomic_path
 from medhall.ids import canonical_json, content_id, file_sha256, sha256_hex
 from medhall.store import ArtifactStore
 from medhall.workdir import work_id

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from medhall.atomic import atomic_path
 from medhall.split import image_names
 
 log = logging.getLogger(__name__)
@@ -76,19 +76,6 @@ class Exporter(Protocol):
 # --------------------------------------------------------------------------- files
 
 
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; on success fsync it and rename it onto ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def output_path(out_dir: PathLike, name: str, split: str | None, suffix: str) -> Path:

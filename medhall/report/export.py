@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from pathlib import Path
 from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from medhall.atomic import atomic_path
 
 FORMATS = ("csv", "json", "parquet")
 
@@ -35,14 +35,5 @@ def write_table(table: pa.Table, dest: str | os.PathLike[str] | BinaryIO, fmt: s
         _write(table, dest, fmt)
         dest.flush()
         return
-    path = Path(dest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            _write(table, f, fmt)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(dest) as tmp, tmp.open("wb") as f:
+        _write(table, f, fmt)

@@ -5,9 +5,9 @@ backend through the real LLM layer, zero latency), QC (rules), split and every e
     python benchmarks/build_scale.py --sizes 2000 20000   # quicker
 
 Each size runs in a fresh process (so peak RSS is that size's own) on a fresh store. Reported:
-wall time per stage, images/s, and peak RSS; the memory claim is the ratio of peak RSS
-between the largest and the smallest size against the ratio of their sizes (1.0 would be
-"memory grows as fast as the corpus"; a flat pipeline stays near 1/size-ratio ... 1).
+wall time per stage, images/s, the process's peak RSS, and each stage's own peak RSS
+(sampled every 20 ms); the memory claim is the ratio of a stage's peak between the largest and
+the smallest size against the ratio of their sizes (a flat stage stays near 1).
 Results go to benchmarks/results/build_scale.json.
 """
 
@@ -38,24 +38,59 @@ CAPTIONS = [
 MODALITIES = ["CT", "radiograph", "MR", "fundus", "histology", "ultrasound", "CT", "ultrasound"]
 
 
-def synthetic_images(n: int):
-    """n images (no files: captions and labels only), ids stable for a given n."""
+def synthetic_images(n: int, batch: int = 20_000):
+    """n images (no files: captions and labels only) in batches, ids stable for a given n."""
     from medhall import schema
     from medhall.ids import content_id
 
-    rows = []
-    for i in range(n):
-        k = i % len(CAPTIONS)
-        rows.append({
-            "image_id": content_id("img", "bench", i), "dataset": "bench-src", "source": "generic",
-            "image_ref": f"img_{i}.jpg", "image_status": "missing", "caption": f"{CAPTIONS[k]} (case {i})",
-            "modality": MODALITIES[k], "body_part": "unknown",
-        })
-    return schema.from_rows("images", rows)
+    for start in range(0, n, batch):
+        rows = []
+        for i in range(start, min(n, start + batch)):
+            k = i % len(CAPTIONS)
+            rows.append({
+                "image_id": content_id("img", "bench", i), "dataset": "bench-src", "source": "generic",
+                "image_ref": f"img_{i}.jpg", "image_status": "missing", "caption": f"{CAPTIONS[k]} (case {i})",
+                "modality": MODALITIES[k], "body_part": "unknown",
+            })
+        yield schema.from_rows("images", rows)
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StagePeaks:
+    """Samples the resident set every 20 ms; ``stage(name)`` records each stage's own peak."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peaks: dict[str, float] = {}
+        self._current = "setup"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def rss_mib() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peaks[self._current] = max(self.peaks.get(self._current, 0.0), self.rss_mib())
+
+    def stage(self, name: str) -> None:
+        import gc
+
+        gc.collect()
+        self._current = name
+        self.peaks[name] = self.rss_mib()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {k: round(v, 1) for k, v in self.peaks.items()}
 
 
 def one(n: int, shard_size: int) -> dict:
@@ -77,6 +112,7 @@ def one(n: int, shard_size: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"medhall-bench-{n}-"))
     store = ArtifactStore(root)
     times: dict[str, float] = {}
+    peaks = StagePeaks()
     t0 = time.perf_counter()
     store.write("images", synthetic_images(n), dataset="bench-src")
     times["setup"] = time.perf_counter() - t0
@@ -86,6 +122,7 @@ def one(n: int, shard_size: int) -> dict:
     )
     client = LLMClient(FakeBackend(fake_script, keep_requests=False), cache=root / "llm.sqlite", max_concurrency=64)
     t = time.perf_counter()
+    peaks.stage("generate+qc")
     plan = prepare(store, cfg)
     stats = CorpusStats.from_json(plan.stats_path.read_text())
     images = store.read("images", "bench-src")
@@ -93,12 +130,15 @@ def one(n: int, shard_size: int) -> dict:
         generate_shard(store, cfg, plan.work_dir, plan.stats_path, shard, "bench", all_images=images, stats=stats, client=client)
     times["generate+qc"] = time.perf_counter() - t
     rss_after_generate = peak_rss_mib()
+    peaks.stage("assemble")
     t = time.perf_counter()
     arts = assemble(store, cfg, plan.work_dir, plan.images_fingerprint, "bench")
     times["assemble"] = time.perf_counter() - t
+    peaks.stage("split+export")
     t = time.perf_counter()
     split_and_export(store, cfg, "bench")
     times["split+export"] = time.perf_counter() - t
+    peaks.stage("statistics")
     t = time.perf_counter()
     statistics(store, cfg)
     times["statistics"] = time.perf_counter() - t
@@ -107,7 +147,8 @@ def one(n: int, shard_size: int) -> dict:
     return {
         "images": n, "pairs": arts["instructions"].rows, "verdicts": arts["qc_verdicts"].rows,
         "llm_calls": ledger.num_rows, "seconds": times, "total_s": total, "images_per_s": n / total,
-        "peak_rss_mib_after_generate": rss_after_generate, "peak_rss_mib": peak_rss_mib(), "store": str(root),
+        "peak_rss_mib_after_generate": rss_after_generate, "peak_rss_mib": peak_rss_mib(),
+        "stage_peak_rss_mib": peaks.stop(), "store": str(root),
     }
 
 
@@ -134,11 +175,13 @@ def main() -> int:
         print(f"{n:>8} images  {r['pairs']:>9} pairs  {r['total_s']:7.1f} s  {r['images_per_s']:7.0f} img/s  "
               f"peak {r['peak_rss_mib']:6.0f} MiB (after generation {r['peak_rss_mib_after_generate']:.0f})  "
               + "  ".join(f"{k} {v:.1f}s" for k, v in s.items()), flush=True)
+        print("          stage peak RSS MiB: " + "  ".join(f"{k} {v:.0f}" for k, v in r["stage_peak_rss_mib"].items()), flush=True)
     lo, hi = results[0], results[-1]
     summary = {
         "size_ratio": hi["images"] / lo["images"],
         "peak_rss_ratio": hi["peak_rss_mib"] / lo["peak_rss_mib"],
         "peak_rss_ratio_generation": hi["peak_rss_mib_after_generate"] / lo["peak_rss_mib_after_generate"],
+        "stage_peak_ratio": {k: hi["stage_peak_rss_mib"][k] / lo["stage_peak_rss_mib"][k] for k in lo["stage_peak_rss_mib"]},
         "time_per_image_ratio": (hi["total_s"] / hi["images"]) / (lo["total_s"] / lo["images"]),
     }
     print(json.dumps(summary, indent=2))

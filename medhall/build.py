@@ -229,15 +229,28 @@ def qc_pairs(store: ArtifactStore, cfg: BuildConfig, pairs: pa.Table, images: pa
     return pa.concat_tables(verdicts)
 
 
-def _shard_tables(plan_dir: Path, keep: set[str], suffix: str) -> Iterator[pa.Table]:
-    """Each finished shard's table, restricted to the images it finished that are still wanted."""
+def _finished_wanted(plan_dir: Path, keep: set[str]) -> Iterator[tuple[str, pa.Array]]:
+    """(shard key, ids of the images it finished that are still wanted), shard by shard."""
     for key, image_keys in sorted(finished(plan_dir).items()):
         wanted = keep.intersection(image_keys)
         if wanted:
-            t = pq.read_table(plan_dir / "shards" / f"{key}{suffix}")
-            if "image_id" in t.column_names:  # verdicts have none: they follow their pairs' qa_ids
-                t = t.filter(pc.is_in(t.column("image_id"), pa.array(sorted({k.rsplit(":", 1)[0] for k in wanted}), pa.string())))
-            yield t
+            yield key, pa.array(sorted({k.rsplit(":", 1)[0] for k in wanted}), pa.string())
+
+
+def _shard_pairs(plan_dir: Path, keep: set[str], columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """Each finished shard's pairs of the images still wanted."""
+    for key, ids_ in _finished_wanted(plan_dir, keep):
+        t = pq.read_table(plan_dir / "shards" / f"{key}.parquet", columns=columns)
+        yield t.filter(pc.is_in(t.column("image_id"), ids_))
+
+
+def _shard_verdicts(plan_dir: Path, keep: set[str]) -> Iterator[pa.Table]:
+    """Each finished shard's verdicts of the pairs :func:`_shard_pairs` keeps (shard-local sets)."""
+    for key, ids_ in _finished_wanted(plan_dir, keep):
+        pairs = pq.read_table(plan_dir / "shards" / f"{key}.parquet", columns=["qa_id", "image_id"])
+        kept = pairs.filter(pc.is_in(pairs.column("image_id"), ids_)).column("qa_id")
+        t = pq.read_table(plan_dir / "shards" / f"{key}.qc.parquet")
+        yield t.filter(pc.is_in(t.column("qa_id"), kept.combine_chunks()))
 
 
 def _open_problems(plan_dir: Path, done_ids: set[str]) -> Iterator[pa.Table]:
@@ -261,12 +274,13 @@ def assemble(store: ArtifactStore, cfg: BuildConfig, plan_dir: Path, images_fing
     keep = set(_image_keys(images))
     config = {"build": cfg.model_dump(mode="json"), "generator_key": cfg.generator_key()}
     instr = store.write(
-        "instructions", _shard_tables(plan_dir, keep, ".parquet"),
+        "instructions", _shard_pairs(plan_dir, keep),
         dataset=cfg.dataset, config=config, inputs=[images_fingerprint], run_id=run_id,
     )
-    kept_ids = pq.read_table(instr.data_path, columns=["qa_id"]).column("qa_id").combine_chunks()
-    verdicts = (t.filter(pc.is_in(t.column("qa_id"), kept_ids)) for t in _shard_tables(plan_dir, keep, ".qc.parquet"))
-    qc = store.write("qc_verdicts", verdicts, dataset=cfg.dataset, config=config, inputs=[instr.fingerprint], run_id=run_id)
+    qc = store.write(
+        "qc_verdicts", _shard_verdicts(plan_dir, keep), dataset=cfg.dataset, config=config,
+        inputs=[instr.fingerprint], run_id=run_id,
+    )
     done_ids = {k.rsplit(":", 1)[0] for keys in finished(plan_dir).values() for k in keys}
     quarantine = store.write(
         "quarantine", _open_problems(plan_dir, done_ids), dataset=cfg.dataset, config=config,
@@ -334,6 +348,7 @@ def statistics(store: ArtifactStore, cfg: BuildConfig) -> dict[str, pa.Table]:
     con = duckdb.connect()
     try:
         con.execute("SET threads TO 2")
+        con.execute("SET memory_limit = '256MB'")  # aggregates spill; a big dataset must not grow RSS
         i, v, m = (f"read_parquet('{a.data_path}')" for a in (instr, verdicts, images))
         by_category = con.sql(
             f"SELECT kind, category, count(*) AS pairs FROM {i} GROUP BY ALL ORDER BY kind, pairs DESC, category"

@@ -125,10 +125,12 @@ def finished(wd: Path) -> dict[str, list[str]]:
     return out
 
 
+IMAGE_COLUMNS = ["image_id", "dataset", "caption", "modality", "body_part", "image_ref", "image_path"]
+
+
 def source_images(store: ArtifactStore, cfg: BuildConfig) -> tuple[pa.Table, str]:
     art = store.get("images", cfg.source)
-    images = art.read(columns=["image_id", "dataset", "caption", "modality", "body_part", "image_ref", "image_path"])
-    return images, art.fingerprint
+    return art.read(columns=IMAGE_COLUMNS), art.fingerprint
 
 
 def prepare(store: ArtifactStore, cfg: BuildConfig) -> Plan:
@@ -155,9 +157,13 @@ def prepare(store: ArtifactStore, cfg: BuildConfig) -> Plan:
 
 
 def _shard_images(store: ArtifactStore, cfg: BuildConfig, shard: Shard, images: pa.Table | None = None) -> pa.Table:
-    if images is None:
-        images, _ = source_images(store, cfg)
-    return images.filter(pc.is_in(images.column("image_id"), pa.array(shard.image_ids)))
+    wanted = pa.array(shard.image_ids, pa.string())
+    if images is None:  # a task on its own: read just this shard's rows (filter pushed into the scan)
+        import pyarrow.dataset as ds
+
+        path = store.get("images", cfg.source).data_path
+        return ds.dataset(path).to_table(columns=IMAGE_COLUMNS, filter=ds.field("image_id").isin(wanted), use_threads=False)
+    return images.filter(pc.is_in(images.column("image_id"), wanted))
 
 
 def make_generator(cfg: BuildConfig, store: ArtifactStore, client: Any = None):

@@ -18,8 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from medhall import build
 from medhall.build import BuildConfig, Shard
 from medhall.workdir import work_id
-from tasks.common import cache_key, describe, store
-from tasks.ingest import _key
+from tasks.common import artifact_key, cache_key, describe, store
 
 
 def _shard_key(_ctx, p: dict[str, Any]) -> str:
@@ -76,7 +75,7 @@ def stats_task(cfg: BuildConfig) -> dict[str, Any]:
 
     tables = build.statistics(store(), cfg)
     csv_path, png = write_stats(store(), cfg.dataset, cfg.source)
-    key = _key(cfg.dataset)
+    key = artifact_key(cfg.dataset)
     for name, table in tables.items():
         create_table_artifact(table=table.to_pylist(), key=f"{key}-{name.replace('_', '-')}", description=f"{cfg.dataset}: {name}")
     qc = {r["check"]: r for r in tables["qc"].to_pylist()}

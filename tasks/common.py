@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,11 @@ def path_fingerprint(path: str | os.PathLike[str]) -> str:
 def cache_key(*parts: Any) -> str:
     """A cache key from explicit inputs, scoped to the store root."""
     return sha256_hex(canonical_json([str(store().root), *parts]))
+
+
+def artifact_key(name: str) -> str:
+    """A Prefect artifact key from a name: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "dataset"
 
 
 def describe(art: Artifact) -> dict[str, Any]:

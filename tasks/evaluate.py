@@ -20,8 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from medhall.evaluate import pipeline
 from medhall.evaluate.pipeline import EvalConfig, EvalShard
-from tasks.common import cache_key, describe, store
-from tasks.ingest import _key
+from tasks.common import artifact_key, cache_key, describe, store
 
 RETRY_DELAYS = [5, 30, 120]
 
@@ -99,7 +98,7 @@ def report_task(cfg: EvalConfig, run_id: str, judge_model: str | None, compare_w
     s = store()
     ledger = pipeline.write_ledger(s, cfg, run_id)
     files = pipeline.write_report(s, cfg, run_id, judge_model=judge_model, compare_with=compare_with)
-    key = _key(cfg.eval_dataset())
+    key = artifact_key(cfg.eval_dataset())
     create_markdown_artifact(key=f"{key}-report", markdown=files.markdown, description=f"Evaluation of {cfg.resolved_model_name()}")
     overall = [r for r in files.table.to_pylist() if r["breakdown"] == "overall"]
     create_table_artifact(table=overall, key=f"{key}-table2", description="Table 2: means and bootstrap 95 % intervals, P and N")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from medhall.jobs import ingest_to_store, write_stats
-from tasks.common import cache_key, describe, path_fingerprint, store
+from tasks.common import artifact_key, cache_key, describe, path_fingerprint, store
 
 
 def _ingest_key(_ctx, params: dict[str, Any]) -> str:
@@ -39,7 +40,7 @@ def ingest_task(
         adapter, [Path(p) for p in paths], dataset=dataset, store=store(),
         images_dir=Path(images_dir) if images_dir else None, require_images=require_images, options=options,
     )
-    summary = out.summary if isinstance(out.summary, dict) else getattr(out.summary, "__dict__", {})
+    summary = dataclasses.asdict(out.summary)
     return {
         "dataset": dataset,
         "run_id": out.run_id,
@@ -56,12 +57,6 @@ def stats_task(dataset: str) -> dict[str, str]:
 
     csv_path, png = write_stats(store(), dataset)
     rows = pacsv.read_csv(csv_path).to_pylist()
-    create_table_artifact(table=rows, key=f"{_key(dataset)}-stats", description=f"Statistics of dataset {dataset}")
+    create_table_artifact(table=rows, key=f"{artifact_key(dataset)}-stats", description=f"Statistics of dataset {dataset}")
     return {"csv": str(csv_path), "png": str(png)}
 
-
-def _key(name: str) -> str:
-    """Prefect artifact keys: lowercase letters, digits and dashes."""
-    import re
-
-    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "dataset"

@@ -18,8 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from medhall.evaluate import vqa_pipeline as vqa
 from medhall.evaluate.vqa_pipeline import VQAConfig
-from tasks.common import cache_key, describe, store
-from tasks.ingest import _key
+from tasks.common import artifact_key, cache_key, describe, store
 
 #: The runners of the models being answered, shared by the shard tasks of this process.
 POOL = vqa.RunnerPool()
@@ -106,7 +105,7 @@ def assemble_task(cfg: VQAConfig, run_id: str) -> dict[str, Any]:
 def report_task(cfg: VQAConfig, summary: list[dict[str, Any]]) -> dict[str, Any]:
     """Table 3 files, published as a Markdown and a table artifact in the Prefect UI."""
     rep = vqa.report(store(), cfg, summary)
-    key = _key(cfg.dataset)
+    key = artifact_key(cfg.dataset)
     create_markdown_artifact(
         key=f"{key}-table3",
         markdown=rep["markdown_text"]

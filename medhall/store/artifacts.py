@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medhall import __version__
+from medhall import __version__, atomic
 from medhall.config import get_settings
 from medhall.ids import canonical_json, file_sha256, sha256_hex
 from medhall.schema import SCHEMA_VERSION, conform, schema_for
@@ -274,7 +274,4 @@ class ArtifactStore:
         return Artifact(table, dataset, version, target, manifest)
 
     def _bump_generation(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.generation_file.with_suffix(f".{uuid.uuid4().hex}")
-        tmp.write_text(datetime.now(UTC).isoformat())
-        os.replace(tmp, self.generation_file)
+        atomic.write_bytes(self.generation_file, datetime.now(UTC).isoformat().encode())

@@ -113,8 +113,20 @@ def _caption_key(image_id: str, caption: str | None) -> str:
     return f"{image_id}:{sha256_hex(caption or '')[:12]}"
 
 
-def _image_keys(images: pa.Table) -> list[str]:
+def _image_keys(images: pa.Table | pa.RecordBatch) -> list[str]:
     return [_caption_key(i, c) for i, c in zip(images.column("image_id").to_pylist(), images.column("caption").to_pylist(), strict=True)]
+
+
+def _source_batches(store: ArtifactStore, cfg: BuildConfig, columns: list[str], batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    """The source images' ``columns``, a batch at a time (the table is never held whole)."""
+    path = store.get("images", cfg.source).data_path
+    yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns, use_threads=False)
+
+
+def _source_keys(store: ArtifactStore, cfg: BuildConfig) -> Iterator[tuple[str, str]]:
+    """``(image key, image_id)`` of every source image, in file order (read in batches)."""
+    for batch in _source_batches(store, cfg, ["image_id", "caption"]):
+        yield from zip(_image_keys(batch), batch.column("image_id").to_pylist(), strict=True)
 
 
 def finished(wd: Path) -> dict[str, list[str]]:
@@ -134,26 +146,33 @@ def source_images(store: ArtifactStore, cfg: BuildConfig) -> tuple[pa.Table, str
 
 
 def prepare(store: ArtifactStore, cfg: BuildConfig) -> Plan:
-    """Statistics of the whole corpus, and the shards still to generate."""
+    """Statistics of the whole corpus, and the shards still to generate.
+
+    The images are read in batches (captions are not held whole); what stays is one key and
+    one id per image still to do.
+    """
     from medhall.generate import corpus_statistics
 
-    images, fingerprint = source_images(store, cfg)
+    fingerprint = store.get("images", cfg.source).fingerprint
     wd = work_dir(store, cfg)
     (wd / "shards").mkdir(parents=True, exist_ok=True)
     stats_path = wd / f"corpus-stats-{fingerprint[:16]}.json"
     if not stats_path.exists():
-        atomic.write_bytes(stats_path, corpus_statistics(images.column("caption").to_pylist()).to_json().encode())
+        captions = (c for b in _source_batches(store, cfg, ["caption"]) for c in b.column("caption").to_pylist())
+        atomic.write_bytes(stats_path, corpus_statistics(captions).to_json().encode())
     done_keys = {k for keys in finished(wd).values() for k in keys}
-    keys = _image_keys(images)
-    order = sorted((k, i) for i, k in enumerate(keys) if k not in done_keys)
+    n_images = 0
+    pending = []
+    for key, image_id in _source_keys(store, cfg):
+        n_images += 1
+        if key not in done_keys:
+            pending.append((key, image_id))
+    pending.sort()
     todo = []
-    for start in range(0, len(order), cfg.shard_size):
-        chunk = order[start : start + cfg.shard_size]
-        ids = tuple(images.column("image_id")[i].as_py() for _, i in chunk)
-        todo.append(Shard(sha256_hex(canonical_json([k for k, _ in chunk]))[:16], ids))
-    return Plan(wd, fingerprint, stats_path, tuple(todo), len(finished(wd)), images.num_rows)
-
-
+    for start in range(0, len(pending), cfg.shard_size):
+        chunk = pending[start : start + cfg.shard_size]
+        todo.append(Shard(sha256_hex(canonical_json([k for k, _ in chunk]))[:16], tuple(i for _, i in chunk)))
+    return Plan(wd, fingerprint, stats_path, tuple(todo), len(finished(wd)), n_images)
 
 
 def _shard_images(store: ArtifactStore, cfg: BuildConfig, shard: Shard, images: pa.Table | None = None) -> pa.Table:
@@ -276,8 +295,7 @@ def _open_problems(plan_dir: Path, done_ids: set[str]) -> Iterator[pa.Table]:
 
 def assemble(store: ArtifactStore, cfg: BuildConfig, plan_dir: Path, images_fingerprint: str, run_id: str) -> dict[str, Any]:
     """Stream the finished shards of the images still in the source into the artifacts."""
-    images, _ = source_images(store, cfg)
-    keep = set(_image_keys(images))
+    keep = {key for key, _ in _source_keys(store, cfg)}
     config = {"build": cfg.model_dump(mode="json"), "generator_key": cfg.generator_key()}
     instr = store.write(
         "instructions", _shard_pairs(plan_dir, keep),
@@ -295,47 +313,32 @@ def assemble(store: ArtifactStore, cfg: BuildConfig, plan_dir: Path, images_fing
     return {"instructions": instr, "qc_verdicts": qc, "quarantine": quarantine}
 
 
-#: Key columns of the instructions that decide membership of every export (the rest is streamed).
-_KEY_COLUMNS = ("qa_id", "image_id", "kind", "category", "source_qa_id")
-
-
-def _rejected(store: ArtifactStore, cfg: BuildConfig) -> pa.Array:
-    """qa_ids with an ``incorrect`` verdict, read batch by batch (the verdicts are never held whole)."""
-    from medhall.split import rejected_ids
-
-    path = store.get("qc_verdicts", cfg.dataset).data_path
-    return rejected_ids(pq.ParquetFile(path).iter_batches(batch_size=65536, columns=["qa_id", "verdict"], use_threads=False))
-
-
 def split_and_export(store: ArtifactStore, cfg: BuildConfig, run_id: str) -> dict[str, Any]:
     """The image split, the ablation subsets (as exports of their own) and every export.
 
-    Memory is bounded by a batch size plus a few key columns per pair: membership (QC, split,
-    subsets) is decided on ``qa_id``/``image_id``/``kind``/``category`` and the verdicts'
-    rejected ids; the pairs stream from the artifact file into every export at once
-    (:func:`medhall.export.run_exports`).
+    The split is drawn per image (in Arrow: a few columns per image). Everything per pair runs
+    in DuckDB under a memory limit (:func:`medhall.export.sql.export_stored`): which export
+    each pair goes to (QC verdicts, split, subsets, fractions, release ids) and the order of
+    every file; the pairs stream from the artifact's Parquet file into all exports in one pass
+    per order. Memory therefore stays flat however many pairs the build has.
     """
-    from medhall.export import ParquetSource, plan_exports, run_exports
-    from medhall.split import ablation_masks, check_no_leak, kept_mask, split_by_image
+    from medhall.export.sql import export_stored
+    from medhall.split import split_by_image
 
-    images = store.read("images", cfg.source)  # the build's images are its source's (not copied)
+    images_art = store.get("images", cfg.source)  # the build's images are its source's (not copied)
     instr_art = store.get("instructions", cfg.dataset)
     out_dir = store.root / "exports" / cfg.dataset / f"v{instr_art.version:06d}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    source = ParquetSource(instr_art.data_path, tmp_dir=out_dir)
-    keys = source.read([c for c in _KEY_COLUMNS if c in source.column_names])
-    rejected = _rejected(store, cfg)
-    splits = split_by_image(images, test_images=min(cfg.test_images, images.num_rows), seed=cfg.seed, by=list(cfg.split_by), run_id=run_id)
-    check_no_leak(splits, keys)
-    split_art = store.write("splits", splits, dataset=cfg.dataset, config={"build": cfg.model_dump(mode="json")}, inputs=[instr_art.fingerprint], run_id=run_id)
-    plans = {"filtered": plan_exports(source, images, splits, out_dir / "filtered", cfg.exports, name=cfg.dataset, mask=kept_mask(keys, rejected), keys=keys)}
-    train_only = splits.filter(pc.equal(splits.column("split"), "train"))
-    for name, mask in ablation_masks(keys, rejected, splits, fractions=cfg.fractions, seed=cfg.seed).items():
-        plans[name] = plan_exports(source, images, train_only, out_dir / "subsets" / name, ["parquet"], name=f"{cfg.dataset}_{name}", mask=mask, keys=keys)
+    by = list(cfg.split_by)
+    keys = images_art.read(columns=list(dict.fromkeys(["image_id", *by])))
+    splits = split_by_image(keys, test_images=min(cfg.test_images, keys.num_rows), seed=cfg.seed, by=by, run_id=run_id)
     del keys
-    extra = {c: a for plan in plans.values() for c, a in plan.extra.items()}
-    run_exports(source, images, [job for plan in plans.values() for job in plan.jobs], extra=extra)
-    return {"splits": split_art, "exports": {name: plan.written for name, plan in plans.items()}, "export_dir": out_dir}
+    exports = export_stored(
+        instr_art.data_path, images_art.data_path, splits, out_dir,
+        verdicts=store.get("qc_verdicts", cfg.dataset).data_path, formats=cfg.exports, name=cfg.dataset,
+        fractions=cfg.fractions, seed=cfg.seed, tmp_dir=work_dir(store, cfg),
+    )
+    split_art = store.write("splits", splits, dataset=cfg.dataset, config={"build": cfg.model_dump(mode="json")}, inputs=[instr_art.fingerprint], run_id=run_id)
+    return {"splits": split_art, "exports": exports, "export_dir": out_dir}
 
 
 def statistics(store: ArtifactStore, cfg: BuildConfig) -> dict[str, pa.Table]:

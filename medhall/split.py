@@ -213,7 +213,7 @@ def fraction_name(fraction: float) -> str:
     return f"frac_{round(fraction * 100):d}"
 
 
-def _check_fractions(fractions: Sequence[float]) -> None:
+def check_fractions(fractions: Sequence[float]) -> None:
     bad = [f for f in fractions if not 0 < f <= 1]
     if bad:
         raise ValueError(f"fractions must be in (0, 1], got {bad}")
@@ -223,7 +223,7 @@ def nested_fraction_rows(
     table: pa.Table, fractions: Sequence[float] = DEFAULT_FRACTIONS, *, seed: int = 0, by: Sequence[str] = FRACTION_STRATA
 ) -> dict[str, np.ndarray]:
     """``{frac_25: rows, ...}``: the sorted row indices of the first ``round(f * n)`` rows of :func:`nested_order`."""
-    _check_fractions(fractions)
+    check_fractions(fractions)
     order = nested_order(table, seed=seed, by=by)
     return {fraction_name(f): np.sort(order[: int(f * table.num_rows + 0.5)]) for f in sorted(fractions)}
 
@@ -249,7 +249,7 @@ def ablation_masks(
     Reads only ``qa_id``, ``image_id``, ``kind`` and ``category``, so a key table of those
     columns gives the masks of the whole artifact; ``rejected`` is :func:`rejected_ids`.
     """
-    _check_fractions(fractions)
+    check_fractions(fractions)
     train = split_mask(instructions, splits, "train")
     full = train & kept_mask(instructions, rejected)
     kind = instructions.column("kind")

@@ -8,9 +8,11 @@ Built column-wise so a million pairs take seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from medhall import ids, schema
 
@@ -88,3 +90,34 @@ def make_dataset(n_images: int = 400, *, seed: int = 7, pairs: tuple[int, int] =
     images = make_images(n_images, rng)
     instructions = make_instructions(images, rng, pairs)
     return Dataset(images, instructions, make_verdicts(instructions, rng))
+
+
+def leaky_dataset() -> tuple[Dataset, pa.Table]:
+    """A tiny dataset and its split where one picture is known under two ids (a train image
+    with a test image's file name) and a pair ``qa_copy`` asks the test image's question
+    (upper-cased) about the train copy: a leak only the file-name check can see."""
+    from medhall.split import split_by_image
+
+    small = make_dataset(4, seed=1, pairs=(2, 2))
+    s = split_by_image(small.images, test_images=2, seed=0)
+    split_of = dict(zip(s.column("image_id").to_pylist(), s.column("split").to_pylist(), strict=True))
+    images = small.images.to_pylist()
+    test_img = next(r for r in images if split_of[r["image_id"]] == "test")
+    train_img = next(r for r in images if split_of[r["image_id"]] == "train")
+    train_img["image_ref"] = "other/folder/" + test_img["image_ref"].rsplit("/", 1)[-1]
+    question = next(r for r in small.instructions.to_pylist() if r["image_id"] == test_img["image_id"])
+    copy = {**question, "qa_id": "qa_copy", "image_id": train_img["image_id"], "question": question["question"].upper()}
+    leaky = pa.concat_tables([small.instructions, schema.from_rows("instructions", [copy])])
+    return Dataset(schema.from_rows("images", images), leaky, small.verdicts), s
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (relative path -> bytes), to compare two export trees."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def shuffled_file(table: pa.Table, path: Path, *, seed: int = 1, row_group_size: int = 97) -> Path:
+    """``table`` in a random row order, written as Parquet with small row groups."""
+    perm = np.random.default_rng(seed).permutation(table.num_rows)
+    pq.write_table(table.take(pa.array(perm)), path, row_group_size=row_group_size)
+    return path

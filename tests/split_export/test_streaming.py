@@ -19,17 +19,7 @@ from medhall.export import (
 )
 from medhall.split import ablation_masks, ablation_subsets, filtered, kept_mask, rejected_ids
 
-from .synthetic import IMAGE_ROOT, Dataset
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _shuffled_file(table: pa.Table, path: Path, *, seed: int = 1, row_group_size: int = 97) -> Path:
-    perm = np.random.default_rng(seed).permutation(table.num_rows)
-    pq.write_table(table.take(pa.array(perm)), path, row_group_size=row_group_size)
-    return path
+from .synthetic import IMAGE_ROOT, Dataset, files_of, leaky_dataset, shuffled_file
 
 
 def test_rejected_ids_from_batches_equal_the_table(data: Dataset) -> None:
@@ -52,9 +42,9 @@ def test_export_from_a_shuffled_parquet_file_is_byte_identical(data: Dataset, sp
     """Many row groups, many sort buckets, rows in no order: still the same files."""
     dataset = filtered(data.instructions, data.verdicts)
     export_all(dataset, data.images, splits, tmp_path / "mem", name="mh", image_root=IMAGE_ROOT)
-    source = ParquetSource(_shuffled_file(dataset, tmp_path / "in.parquet"), read_rows=64, bucket_rows=150, tmp_dir=tmp_path)
+    source = ParquetSource(shuffled_file(dataset, tmp_path / "in.parquet"), read_rows=64, bucket_rows=150, tmp_dir=tmp_path)
     export_all(source, data.images, splits, tmp_path / "stream", name="mh", image_root=IMAGE_ROOT)
-    assert _files(tmp_path / "mem") == _files(tmp_path / "stream")
+    assert files_of(tmp_path / "mem") == files_of(tmp_path / "stream")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".medhall-sort-")], "sort buckets are removed"
 
 
@@ -64,7 +54,7 @@ def test_masked_plans_share_one_run_and_match_separate_exports(data: Dataset, sp
     rejected = rejected_ids(data.verdicts)
     masks = ablation_masks(keys, rejected, splits)
     train_only = splits.filter(pa.compute.equal(splits.column("split"), "train"))
-    source = ParquetSource(_shuffled_file(data.instructions, tmp_path / "in.parquet", row_group_size=300), bucket_rows=500)
+    source = ParquetSource(shuffled_file(data.instructions, tmp_path / "in.parquet", row_group_size=300), bucket_rows=500)
     # the file is shuffled: masks are over its rows
     file_keys = source.read(["qa_id", "image_id", "kind", "category"])
     file_masks = ablation_masks(file_keys, rejected, splits)
@@ -75,12 +65,12 @@ def test_masked_plans_share_one_run_and_match_separate_exports(data: Dataset, sp
     export_all(filtered(data.instructions, data.verdicts), data.images, splits, tmp_path / "m" / "filtered", name="mh")
     for name, mask in masks.items():
         export_all(data.instructions.filter(mask), data.images, train_only, tmp_path / "m" / name, ["parquet"], name=name)
-    assert _files(tmp_path / "m") == _files(tmp_path / "s")
+    assert files_of(tmp_path / "m") == files_of(tmp_path / "s")
 
 
 def test_multi_turn_groups_survive_batch_boundaries(data: Dataset, tmp_path: Path) -> None:
     [whole] = write_llava(data.instructions, data.images, tmp_path / "a", name="mt", multi_turn=True)
-    source = ParquetSource(_shuffled_file(data.instructions, tmp_path / "in.parquet"), bucket_rows=64)
+    source = ParquetSource(shuffled_file(data.instructions, tmp_path / "in.parquet"), bucket_rows=64)
     from medhall.export import Job
     from medhall.export.llava import llava_sink
 
@@ -105,22 +95,10 @@ def test_an_unknown_image_fails_before_any_file(data: Dataset, splits: pa.Table,
 
 def test_a_question_leak_is_caught_when_streaming_a_file(tmp_path: Path) -> None:
     """The name check reads questions only for suspect images, from the file."""
-    from medhall import schema
-    from medhall.split import LeakError, split_by_image
+    from medhall.split import LeakError
 
-    from .synthetic import make_dataset
-
-    small = make_dataset(4, seed=1, pairs=(2, 2))
-    s = split_by_image(small.images, test_images=2, seed=0)
-    split_of = dict(zip(s.column("image_id").to_pylist(), s.column("split").to_pylist(), strict=True))
-    images = small.images.to_pylist()
-    test_img = next(r for r in images if split_of[r["image_id"]] == "test")
-    train_img = next(r for r in images if split_of[r["image_id"]] == "train")
-    train_img["image_ref"] = "other/folder/" + test_img["image_ref"].rsplit("/", 1)[-1]
-    images = schema.from_rows("images", images)
-    question = next(r for r in small.instructions.to_pylist() if r["image_id"] == test_img["image_id"])
-    copy = {**question, "qa_id": "qa_copy", "image_id": train_img["image_id"], "question": question["question"].upper()}
-    leaky = pa.concat_tables([small.instructions, schema.from_rows("instructions", [copy])])
+    data, s = leaky_dataset()
+    images, leaky = data.images, data.instructions
     pq.write_table(leaky, tmp_path / "in.parquet")
     with pytest.raises(LeakError, match="identical"):
         export_all(ParquetSource(tmp_path / "in.parquet"), images, s, tmp_path / "out")

@@ -67,7 +67,8 @@ SINKS: dict[str, Callable[..., Sink]] = {
 PATH_FORMATS = ("llava", "llamafactory", "parquet")
 
 
-def _formats(formats: Sequence[str] | None) -> list[str]:
+def chosen_formats(formats: Sequence[str] | None) -> list[str]:
+    """``formats`` checked against :data:`EXPORTERS` (None: every format)."""
     chosen = list(EXPORTERS) if formats is None else list(formats)
     unknown = [f for f in chosen if f not in EXPORTERS]
     if unknown:
@@ -75,7 +76,8 @@ def _formats(formats: Sequence[str] | None) -> list[str]:
     return chosen
 
 
-def _options(fmt: str, image_root: PathLike | None, format_options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+def sink_options(fmt: str, image_root: PathLike | None, format_options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+    """The keyword arguments of ``fmt``'s sink: ``image_root`` where it writes paths, plus its ``format_options``."""
     opts: dict[str, Any] = {"image_root": image_root} if fmt in PATH_FORMATS else {}
     opts.update((format_options or {}).get(fmt, {}))
     return opts
@@ -123,7 +125,7 @@ def plan_exports(
     :func:`run_exports` and share its passes over the data. ``keys``: the source's key
     columns (``qa_id``, ``image_id``, and ``kind``, ``source_qa_id`` for the release format)
     when the caller has them already (read from the source otherwise)."""
-    chosen = _formats(formats)
+    chosen = chosen_formats(formats)
     source = as_source(source)
     if keys is None:
         keys = source.read([c for c in ("qa_id", "image_id", "kind", "source_qa_id", "question_id") if c in source.column_names])
@@ -136,7 +138,7 @@ def plan_exports(
     if mask is not None:
         split_masks = {split: m & mask for split, m in split_masks.items()}
     for fmt in chosen:
-        opts = _options(fmt, image_root, format_options)
+        opts = sink_options(fmt, image_root, format_options)
         folder = Path(out_dir) / fmt
         paths: list[Path] = []
         for split, m in split_masks.items():

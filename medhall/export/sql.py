@@ -378,9 +378,9 @@ def export_stored(
     """
     import pyarrow.parquet as pq
 
-    from medhall.export import SINKS, _formats, _options
+    from medhall.export import SINKS, chosen_formats, sink_options
 
-    chosen = _formats(formats)
+    chosen = chosen_formats(formats)
     out = Path(out_dir)
     image_keys = pq.read_table(images, columns=["image_id", "image_ref"])
     with connect(tmp_dir if tmp_dir is not None else out, memory_limit=memory_limit, threads=threads) as con:
@@ -392,14 +392,14 @@ def export_stored(
         for fmt in chosen:
             paths: list[Path] = []
             for split in SPLITS:
-                sink = SINKS[fmt](out / "filtered" / fmt, name=name, split=split, **_options(fmt, image_root, format_options))
+                sink = SINKS[fmt](out / "filtered" / fmt, name=name, split=split, **sink_options(fmt, image_root, format_options))
                 jobs.append(FlagJob(sink, info.flags[f"filtered_{split}"]))
                 paths += sink.paths
             written["filtered"][fmt] = list(dict.fromkeys(paths))
         for subset in [*SUBSETS, *(fraction_name(f) for f in sorted(fractions))]:
             paths = []
             for split in SPLITS:
-                sink = SINKS["parquet"](out / "subsets" / subset / "parquet", name=f"{name}_{subset}", split=split, **_options("parquet", image_root, format_options))
+                sink = SINKS["parquet"](out / "subsets" / subset / "parquet", name=f"{name}_{subset}", split=split, **sink_options("parquet", image_root, format_options))
                 jobs.append(FlagJob(sink, info.flags[subset] if split == "train" else None))
                 paths += sink.paths
             written[subset] = {"parquet": paths}

@@ -160,7 +160,8 @@ def prepare(store: ArtifactStore, cfg: BuildConfig) -> Plan:
     if not stats_path.exists():
         captions = (c for b in _source_batches(store, cfg, ["caption"]) for c in b.column("caption").to_pylist())
         atomic.write_bytes(stats_path, corpus_statistics(captions).to_json().encode())
-    done_keys = {k for keys in finished(wd).values() for k in keys}
+    done = finished(wd)
+    done_keys = {k for keys in done.values() for k in keys}
     n_images = 0
     pending = []
     for key, image_id in _source_keys(store, cfg):
@@ -172,7 +173,7 @@ def prepare(store: ArtifactStore, cfg: BuildConfig) -> Plan:
     for start in range(0, len(pending), cfg.shard_size):
         chunk = pending[start : start + cfg.shard_size]
         todo.append(Shard(sha256_hex(canonical_json([k for k, _ in chunk]))[:16], tuple(i for _, i in chunk)))
-    return Plan(wd, fingerprint, stats_path, tuple(todo), len(finished(wd)), n_images)
+    return Plan(wd, fingerprint, stats_path, tuple(todo), len(done), n_images)
 
 
 def _shard_images(store: ArtifactStore, cfg: BuildConfig, shard: Shard, images: pa.Table | None = None) -> pa.Table:

@@ -37,7 +37,7 @@ def build_dataset(
     plan = plan_task(cfg)
     print(f"{plan['n_images']} images: {plan['done']} shard(s) already done, {len(plan['todo'])} to do")
     for shard in plan["todo"]:
-        generate_shard_task(cfg, plan["work_dir"], plan["stats_path"], shard["key"], shard["image_ids"], plan["run_id"])
+        generate_shard_task(cfg, plan["work_dir"], plan["stats_path"], shard["key"], shard["keys"], shard["image_ids"], plan["run_id"])
     tables = assemble_task(cfg, plan["work_dir"], plan["images_fingerprint"], plan["run_id"])
     exported = split_export_task(cfg, plan["run_id"])
     stats = stats_task(cfg)

@@ -5,8 +5,8 @@ The steps (each a Prefect task in ``flows/build_dataset.py``; each callable on i
 1. :func:`prepare`: read the source images, compute the corpus statistics once, and plan
    shards of the images that have no finished shard yet (resume is a set difference on
    ``(image_id, caption hash)``);
-2. :func:`generate_shard`: instruction pairs for one shard, written atomically with a
-   completion marker (``<key>.done.json``) listing the shard's images;
+2. :func:`generate_shard`: instruction pairs for one shard, written with a completion marker
+   listing the shard's images that are done;
 3. :func:`qc_shard`: rule checks (always) and the LLM self-check (when configured) of one
    shard's pairs;
 4. :func:`assemble`: stream every finished shard of the images still in the source into the
@@ -14,15 +14,15 @@ The steps (each a Prefect task in ``flows/build_dataset.py``; each callable on i
 5. :func:`split_and_export`: the image split, the ablation subsets and the exports;
 6. :func:`statistics`: counts by kind, category and modality, and the QC yield per reason.
 
-Killed mid-way, a re-run redoes only unfinished shards; images added to the source form new
-shards and only they are generated. Shard outputs live under
+The shards follow :mod:`medhall.shards` (plan, atomic outputs, completion markers, read back,
+sweep). Killed mid-way, a re-run redoes only unfinished shards; images added to the source form
+new shards and only they are generated. Shard outputs live under
 ``<home>/work/<dataset>/<generator key>/`` (the key hashes the generator's and QC's config
 and templates), so a change of generator settings starts a fresh set of shards.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +33,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from medhall import atomic, schema
+from medhall import atomic, schema, shards
 from medhall.endpoints import LLMSettings
 from medhall.generate import OfflineConfig
 from medhall.ids import canonical_json, sha256_hex
+from medhall.shards import Shard
 from medhall.store import ArtifactStore
 
-DONE_SUFFIX = ".done.json"
 DEFAULT_EXPORTS = ("llava", "llamafactory", "medhalltune", "parquet")
 
 
@@ -88,19 +88,13 @@ class BuildConfig(BaseModel):
 
 
 @dataclass(frozen=True)
-class Shard:
-    key: str
-    image_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class Plan:
     """What :func:`prepare` decided: where shards live, which are still to do."""
 
     work_dir: Path
     images_fingerprint: str
     stats_path: Path
-    todo: tuple[Shard, ...]
+    todo: tuple[Shard, ...]  # keys: ``<image_id>:<caption hash>``; ids: image ids
     done: int  # shards already finished
     n_images: int
 
@@ -110,11 +104,8 @@ def work_dir(store: ArtifactStore, cfg: BuildConfig) -> Path:
 
 
 def _caption_key(image_id: str, caption: str | None) -> str:
+    """A unit key of the build: the image and its caption (a new caption is new work)."""
     return f"{image_id}:{sha256_hex(caption or '')[:12]}"
-
-
-def _image_keys(images: pa.Table | pa.RecordBatch) -> list[str]:
-    return [_caption_key(i, c) for i, c in zip(images.column("image_id").to_pylist(), images.column("caption").to_pylist(), strict=True)]
 
 
 def _source_batches(store: ArtifactStore, cfg: BuildConfig, columns: list[str], batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
@@ -126,15 +117,8 @@ def _source_batches(store: ArtifactStore, cfg: BuildConfig, columns: list[str], 
 def _source_keys(store: ArtifactStore, cfg: BuildConfig) -> Iterator[tuple[str, str]]:
     """``(image key, image_id)`` of every source image, in file order (read in batches)."""
     for batch in _source_batches(store, cfg, ["image_id", "caption"]):
-        yield from zip(_image_keys(batch), batch.column("image_id").to_pylist(), strict=True)
-
-
-def finished(wd: Path) -> dict[str, list[str]]:
-    """Finished shards: key -> the image keys it covers (from the completion markers)."""
-    out = {}
-    for marker in (wd / "shards").glob(f"*{DONE_SUFFIX}"):
-        out[marker.name[: -len(DONE_SUFFIX)]] = json.loads(marker.read_text())["images"]
-    return out
+        ids = batch.column("image_id").to_pylist()
+        yield from zip((_caption_key(i, c) for i, c in zip(ids, batch.column("caption").to_pylist(), strict=True)), ids, strict=True)
 
 
 IMAGE_COLUMNS = ["image_id", "dataset", "caption", "modality", "body_part", "image_ref", "image_path"]
@@ -155,29 +139,16 @@ def prepare(store: ArtifactStore, cfg: BuildConfig) -> Plan:
 
     fingerprint = store.get("images", cfg.source).fingerprint
     wd = work_dir(store, cfg)
-    (wd / "shards").mkdir(parents=True, exist_ok=True)
     stats_path = wd / f"corpus-stats-{fingerprint[:16]}.json"
     if not stats_path.exists():
         captions = (c for b in _source_batches(store, cfg, ["caption"]) for c in b.column("caption").to_pylist())
         atomic.write_bytes(stats_path, corpus_statistics(captions).to_json().encode())
-    done = finished(wd)
-    done_keys = {k for keys in done.values() for k in keys}
-    n_images = 0
-    pending = []
-    for key, image_id in _source_keys(store, cfg):
-        n_images += 1
-        if key not in done_keys:
-            pending.append((key, image_id))
-    pending.sort()
-    todo = []
-    for start in range(0, len(pending), cfg.shard_size):
-        chunk = pending[start : start + cfg.shard_size]
-        todo.append(Shard(sha256_hex(canonical_json([k for k, _ in chunk]))[:16], tuple(i for _, i in chunk)))
-    return Plan(wd, fingerprint, stats_path, tuple(todo), len(done), n_images)
+    plan = shards.plan(wd, _source_keys(store, cfg), cfg.shard_size)
+    return Plan(wd, fingerprint, stats_path, plan.todo, plan.shards_done, plan.units)
 
 
 def _shard_images(store: ArtifactStore, cfg: BuildConfig, shard: Shard, images: pa.Table | None = None) -> pa.Table:
-    wanted = pa.array(shard.image_ids, pa.string())
+    wanted = pa.array(shard.ids, pa.string())
     if images is None:  # a task on its own: read just this shard's rows (filter pushed into the scan)
         import pyarrow.dataset as ds
 
@@ -214,15 +185,13 @@ def generate_shard(
 ) -> Path:
     """Generate one shard's pairs, then QC them; the completion marker is written last.
 
-    The marker lists the images that are done: generated, and with no QC verdict in
-    ``error``. An image that failed (a request that failed for good, a reply that did not
+    The marker marks done the images that were generated and have no QC verdict in ``error``. An image that failed (a request that failed for good, a reply that did not
     validate) is quarantined with its reason and left out of the marker, so the next run plans
     it again; requests that succeeded come from the LLM cache then, never paid twice.
     ``all_images``, ``stats`` and ``client`` may be passed by a caller that already holds them.
     """
     from medhall.generate import CorpusStats
 
-    out = plan_dir / "shards" / f"{shard.key}.parquet"
     images = _shard_images(store, cfg, shard, all_images)
     stats = stats or CorpusStats.from_json(stats_path.read_text())
     pairs, problems, failed = _generate(make_generator(cfg, store, client), images, stats, run_id)
@@ -232,15 +201,9 @@ def generate_shard(
     failed |= set(pairs.filter(errored).column("image_id").to_pylist())
     for p in problems:
         p["dataset"] = cfg.dataset
-    atomic.write_parquet(out, pairs)
-    atomic.write_parquet(out.with_suffix(".qc.parquet"), verdicts)
-    atomic.write_parquet(out.with_suffix(".quarantine.parquet"), schema.from_rows("quarantine", problems))
-    done = images.filter(pc.invert(pc.is_in(images.column("image_id"), pa.array(sorted(failed), pa.string()))))
-    atomic.write_bytes(
-        plan_dir / "shards" / f"{shard.key}{DONE_SUFFIX}",
-        json.dumps({"images": _image_keys(done), "failed": sorted(failed), "pairs": pairs.num_rows}).encode(),
-    )
-    return out
+    outputs = {None: pairs, "qc": verdicts, "quarantine": schema.from_rows("quarantine", problems)}
+    done = [k for k, i in zip(shard.keys, shard.ids, strict=True) if i not in failed]
+    return shards.write(plan_dir, shard, outputs, done=done, failed=failed)
 
 
 def qc_pairs(store: ArtifactStore, cfg: BuildConfig, pairs: pa.Table, images: pa.Table, run_id: str, client: Any = None) -> pa.Table:
@@ -255,40 +218,37 @@ def qc_pairs(store: ArtifactStore, cfg: BuildConfig, pairs: pa.Table, images: pa
     return pa.concat_tables(verdicts)
 
 
-def _finished_wanted(plan_dir: Path, keep: set[str]) -> Iterator[tuple[str, pa.Array]]:
-    """(shard key, ids of the images it finished that are still wanted), shard by shard."""
-    for key, image_keys in sorted(finished(plan_dir).items()):
-        wanted = keep.intersection(image_keys)
-        if wanted:
-            yield key, pa.array(sorted({k.rsplit(":", 1)[0] for k in wanted}), pa.string())
+def _held(markers: Sequence[shards.Marker], keep: set[str]) -> list[tuple[shards.Marker, pa.Array]]:
+    """(finished shard, ids of the wanted images it finished), in shard-key order."""
+    held = sorted(shards.claims(markers, keep, only_done=True), key=lambda h: h[0].key)
+    return [(m, pa.array(ids, pa.string())) for m, ids in held]
 
 
-def _shard_pairs(plan_dir: Path, keep: set[str], columns: list[str] | None = None) -> Iterator[pa.Table]:
+def _shard_pairs(plan_dir: Path, held: list[tuple[shards.Marker, pa.Array]]) -> Iterator[pa.Table]:
     """Each finished shard's pairs of the images still wanted."""
-    for key, ids_ in _finished_wanted(plan_dir, keep):
-        t = pq.read_table(plan_dir / "shards" / f"{key}.parquet", columns=columns)
-        yield t.filter(pc.is_in(t.column("image_id"), ids_))
+    for marker, ids in held:
+        t = pq.read_table(shards.output_path(plan_dir, marker.key))
+        yield t.filter(pc.is_in(t.column("image_id"), ids))
 
 
-def _shard_verdicts(plan_dir: Path, keep: set[str]) -> Iterator[pa.Table]:
+def _shard_verdicts(plan_dir: Path, held: list[tuple[shards.Marker, pa.Array]]) -> Iterator[pa.Table]:
     """Each finished shard's verdicts of the pairs :func:`_shard_pairs` keeps (shard-local sets)."""
-    for key, ids_ in _finished_wanted(plan_dir, keep):
-        pairs = pq.read_table(plan_dir / "shards" / f"{key}.parquet", columns=["qa_id", "image_id"])
-        kept = pairs.filter(pc.is_in(pairs.column("image_id"), ids_)).column("qa_id")
-        t = pq.read_table(plan_dir / "shards" / f"{key}.qc.parquet")
+    for marker, ids in held:
+        pairs = pq.read_table(shards.output_path(plan_dir, marker.key), columns=["qa_id", "image_id"])
+        kept = pairs.filter(pc.is_in(pairs.column("image_id"), ids)).column("qa_id")
+        t = pq.read_table(shards.output_path(plan_dir, marker.key, "qc"))
         yield t.filter(pc.is_in(t.column("qa_id"), kept.combine_chunks()))
 
 
-def _open_problems(plan_dir: Path, done_ids: set[str]) -> Iterator[pa.Table]:
+def _open_problems(plan_dir: Path, markers: Sequence[shards.Marker]) -> Iterator[pa.Table]:
     """Quarantine rows of images that no shard has finished yet (the latest reason per image)."""
+    done_ids = {m.id_of()[k] for m in markers for k in m.done}
     seen: set[str] = set()
-    markers = sorted((plan_dir / "shards").glob(f"*{DONE_SUFFIX}"), key=lambda m: m.stat().st_mtime_ns, reverse=True)
-    for marker in markers:
-        path = plan_dir / "shards" / (marker.name[: -len(DONE_SUFFIX)] + ".quarantine.parquet")
+    for marker in markers:  # newest first
+        path = shards.output_path(plan_dir, marker.key, "quarantine")
         if not path.exists():
             continue
-        t = pq.read_table(path)
-        rows = [r for r in t.to_pylist() if r["record_id"] not in done_ids and r["record_id"] not in seen]
+        rows = [r for r in pq.read_table(path).to_pylist() if r["record_id"] not in done_ids and r["record_id"] not in seen]
         seen.update(r["record_id"] for r in rows)
         if rows:
             yield schema.from_rows("quarantine", rows)
@@ -297,18 +257,19 @@ def _open_problems(plan_dir: Path, done_ids: set[str]) -> Iterator[pa.Table]:
 def assemble(store: ArtifactStore, cfg: BuildConfig, plan_dir: Path, images_fingerprint: str, run_id: str) -> dict[str, Any]:
     """Stream the finished shards of the images still in the source into the artifacts."""
     keep = {key for key, _ in _source_keys(store, cfg)}
+    markers = shards.finished(plan_dir)
+    held = _held(markers, keep)
     config = {"build": cfg.model_dump(mode="json"), "generator_key": cfg.generator_key()}
     instr = store.write(
-        "instructions", _shard_pairs(plan_dir, keep),
+        "instructions", _shard_pairs(plan_dir, held),
         dataset=cfg.dataset, config=config, inputs=[images_fingerprint], run_id=run_id,
     )
     qc = store.write(
-        "qc_verdicts", _shard_verdicts(plan_dir, keep), dataset=cfg.dataset, config=config,
+        "qc_verdicts", _shard_verdicts(plan_dir, held), dataset=cfg.dataset, config=config,
         inputs=[instr.fingerprint], run_id=run_id,
     )
-    done_ids = {k.rsplit(":", 1)[0] for keys in finished(plan_dir).values() for k in keys}
     quarantine = store.write(
-        "quarantine", _open_problems(plan_dir, done_ids), dataset=cfg.dataset, config=config,
+        "quarantine", _open_problems(plan_dir, markers), dataset=cfg.dataset, config=config,
         inputs=[images_fingerprint], run_id=run_id,
     )
     return {"instructions": instr, "qc_verdicts": qc, "quarantine": quarantine}
@@ -405,7 +366,6 @@ __all__: Sequence[str] = [
     "Plan",
     "Shard",
     "assemble",
-    "finished",
     "generate_shard",
     "prepare",
     "qc_pairs",

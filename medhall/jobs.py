@@ -82,13 +82,6 @@ def ingest_to_store(
     return IngestOutcome(dataset, rid, arts, result.summary, bool(result.ok))
 
 
-def images_source(store: ArtifactStore, dataset: str) -> str:
-    """The dataset holding ``dataset``'s images: itself, or the source a build was made from."""
-    if store.latest("images", dataset) is None and (instr := store.latest("instructions", dataset)):
-        return instr.manifest.get("config", {}).get("build", {}).get("source", dataset)
-    return dataset
-
-
 def write_stats(store: ArtifactStore, dataset: str, images_dataset: str | None = None) -> tuple[Path, Path]:
     """Counts by modality / body part (and kind / category) as CSV and PNG under reports/.
 
@@ -96,7 +89,7 @@ def write_stats(store: ArtifactStore, dataset: str, images_dataset: str | None =
     """
     from medhall.report.stats import dataset_stats, plot_stats
 
-    images = store.get("images", images_dataset or images_source(store, dataset)).read(columns=["modality", "body_part", "image_status"])
+    images = store.get("images", images_dataset or store.images_source(dataset)).read(columns=["modality", "body_part", "image_status"])
     latest_instr = store.latest("instructions", dataset)
     stats = dataset_stats(images, latest_instr.read(columns=["kind", "category"]) if latest_instr else None)
     out_dir = store.root / "reports" / dataset

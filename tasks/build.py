@@ -2,9 +2,9 @@
 
 Shard tasks are idempotent by completion markers (a finished shard is never planned again)
 and cached on content fingerprints: the generator key (config, templates, QC settings), the
-shard key (its images and caption hashes) and the random id written into the work
-directory (:func:`medhall.workdir.work_id`), so a deleted work directory cannot be answered
-from a stale cache.
+shard key (its images and caption hashes) and :func:`medhall.shards.cache_token` (the work
+folder's id, so a deleted work folder cannot be answered from a stale cache, and the shard's
+marker state, so a shard planned again for its failed images runs again).
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from medhall import build
-from medhall.build import BuildConfig, Shard
-from medhall.workdir import work_id
+from medhall import build, shards
+from medhall.build import BuildConfig
 from tasks.common import artifact_key, cache_key, describe, store
 
 
 def _shard_key(_ctx, p: dict[str, Any]) -> str:
-    return cache_key("shard", p["cfg"].generator_key(), p["shard_key"], work_id(p["work_dir"]))
+    return cache_key("shard", p["cfg"].generator_key(), p["shard_key"], shards.cache_token(p["work_dir"], p["shard_key"]))
 
 
 @task(name="plan-shards")
@@ -30,13 +29,12 @@ def plan_task(cfg: BuildConfig) -> dict[str, Any]:
     from medhall.ids import run_id
 
     plan = build.prepare(store(), cfg)
-    work_id(plan.work_dir, create=True)
     return {
         "work_dir": str(plan.work_dir),
         "stats_path": str(plan.stats_path),
         "images_fingerprint": plan.images_fingerprint,
         "run_id": run_id("build", cfg.model_dump(mode="json"), [plan.images_fingerprint]),
-        "todo": [{"key": s.key, "image_ids": list(s.image_ids)} for s in plan.todo],
+        "todo": [{"key": s.key, "keys": list(s.keys), "image_ids": list(s.ids)} for s in plan.todo],
         "done": plan.done,
         "n_images": plan.n_images,
     }
@@ -46,9 +44,12 @@ def plan_task(cfg: BuildConfig) -> dict[str, Any]:
     name="generate-shard", task_run_name="shard {shard_key}", retries=3, retry_delay_seconds=[5, 30, 120],
     cache_key_fn=_shard_key, persist_result=True,
 )
-def generate_shard_task(cfg: BuildConfig, work_dir: str, stats_path: str, shard_key: str, image_ids: list[str], run_id: str) -> str:
+def generate_shard_task(
+    cfg: BuildConfig, work_dir: str, stats_path: str, shard_key: str, keys: list[str], image_ids: list[str], run_id: str,
+) -> str:
     """Generate and QC one shard (LLM calls go through the cached layer: a retry never pays twice)."""
-    out = build.generate_shard(store(), cfg, Path(work_dir), Path(stats_path), Shard(shard_key, tuple(image_ids)), run_id)
+    shard = shards.Shard(shard_key, tuple(keys), tuple(image_ids))
+    out = build.generate_shard(store(), cfg, Path(work_dir), Path(stats_path), shard, run_id)
     return str(out)
 
 

@@ -3,23 +3,24 @@
 Shard tasks are idempotent by completion markers (a finished question is never planned again)
 and cached on explicit inputs: the stage's work directory (its name hashes the model identity,
 and for the judge also the judge's identity and the rubric hash), the shard key (a hash of its
-qa_ids), the shard's marker state (so a shard replanned for its failures runs again) and the
-identity of the work directory (a deleted one cannot be answered from a stale cache). Tasks
+qa_ids) and :func:`medhall.shards.cache_token` (the shard's marker state, so a shard replanned
+for its failures runs again, and the work folder's id, so a deleted one cannot be answered
+from a stale cache). Tasks
 that touch a model, a GPU or a network retry three times; LLM calls go through the cached
 layer, so a retry never pays twice.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from medhall import shards
 from medhall.evaluate import pipeline
-from medhall.evaluate.pipeline import EvalConfig, EvalShard
+from medhall.evaluate.pipeline import EvalConfig, qa_shard
 from tasks.common import artifact_key, cache_key, describe, store
 
 RETRY_DELAYS = [5, 30, 120]
@@ -28,9 +29,7 @@ RETRY_DELAYS = [5, 30, 120]
 def _shard_cache_key(stage: str) -> Any:
     def key(_ctx: Any, p: dict[str, Any]) -> str:
         wd = Path(p["work_dir"])
-        marker = wd / "shards" / f"{p['shard_key']}{pipeline.DONE_SUFFIX}"
-        state = marker.stat().st_mtime_ns if marker.exists() else None
-        return cache_key(stage, wd.name, p["shard_key"], state, os.stat(wd).st_ino if wd.exists() else None)
+        return cache_key(stage, wd.name, p["shard_key"], *shards.cache_token(wd, p["shard_key"]))
 
     return key
 
@@ -39,7 +38,7 @@ def _plan_dict(plan: pipeline.StagePlan) -> dict[str, Any]:
     return {
         "work_dir": str(plan.work_dir),
         "run_id": plan.run_id,
-        "todo": [{"key": s.key, "qa_ids": list(s.qa_ids)} for s in plan.todo],
+        "todo": [{"key": s.key, "qa_ids": list(s.ids)} for s in plan.todo],
         "done": plan.done,
         "total": plan.total,
     }
@@ -55,7 +54,7 @@ def plan_answers_task(cfg: EvalConfig) -> dict[str, Any]:
       cache_key_fn=_shard_cache_key("answers"), persist_result=True)
 def answer_shard_task(cfg: EvalConfig, work_dir: str, shard_key: str, qa_ids: list[str], run_id: str) -> dict[str, Any]:
     """The model's answers to one shard (local VLM, API model, text-only baseline or import)."""
-    table = pipeline.answer_shard(store(), cfg, Path(work_dir), EvalShard(shard_key, tuple(qa_ids)), run_id)
+    table = pipeline.answer_shard(store(), cfg, Path(work_dir), qa_shard(shard_key, qa_ids), run_id)
     ok = sum(1 for s in table.column("status").to_pylist() if s == "ok")
     return {"shard": shard_key, "rows": table.num_rows, "ok": ok, "failed": table.num_rows - ok}
 
@@ -75,7 +74,7 @@ def plan_judging_task(cfg: EvalConfig, run_id: str) -> dict[str, Any]:
       cache_key_fn=_shard_cache_key("judge"), persist_result=True)
 def judge_shard_task(cfg: EvalConfig, work_dir: str, shard_key: str, qa_ids: list[str], run_id: str) -> dict[str, Any]:
     """Judge one shard's answers (temperature 0, cached LLM calls; failures recorded with their raw reply)."""
-    table = pipeline.judge_shard(store(), cfg, Path(work_dir), EvalShard(shard_key, tuple(qa_ids)), run_id)
+    table = pipeline.judge_shard(store(), cfg, Path(work_dir), qa_shard(shard_key, qa_ids), run_id)
     ok = sum(1 for s in table.column("status").to_pylist() if s == "ok")
     return {"shard": shard_key, "rows": table.num_rows, "ok": ok, "failed": table.num_rows - ok}
 

@@ -1,243 +1,40 @@
-"""The evaluation report: the paper's Table 2 with bootstrap intervals, breakdowns, comparisons.
+"""The evaluation report: Table 2 rendered as Markdown, CSV and a PNG chart, and the report page.
 
-:func:`table2` turns ``judgments`` and ``scores`` tables into one long report table (schema
-:data:`REPORT_SCHEMA`): per model, breakdown (overall / category / modality), group, kind
-(positive = P, non-hallucination; negative = N, hallucination) and measure, the mean with a
-percentile-bootstrap interval, the number of values averaged (``n``) and the number of failed
-rows (``n_failed``: failed judgments or null scores; counted, never averaged in).
-
-:func:`compare` puts two reports (e.g. base vs fine-tuned) side by side with the difference of
-the means. Renderers: Markdown in the paper's "P&N" style (:func:`markdown_pn`), a clean
-Markdown table (:func:`markdown_table`, :func:`markdown_compare`), CSV (:func:`write_csv`) and a
-PNG chart (:func:`plot_report`; matplotlib is imported there). Everything here is a pure
-function over Arrow tables and mappings.
+Renderers over the long report table of :func:`medhall.evaluate.table2.table2`: Markdown in the
+paper's "P&N" style (:func:`markdown_pn`), a clean Markdown table (:func:`markdown_table`,
+:func:`markdown_compare`), CSV (:func:`write_csv`) and a PNG chart (:func:`plot_report`;
+matplotlib is imported there). :func:`write_report` writes an evaluation's page (what was
+evaluated and how, the judge, the metrics, Table 2, breakdowns, a comparison) under
+``<home>/reports/<eval dataset>/``.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
-from collections import defaultdict
+import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from medhall import atomic
+from medhall.evaluate.answers import read_predictions
+from medhall.evaluate.config import JUDGE_ENV_HELP, EvalConfig, eval_dataset_name, slug
 from medhall.evaluate.judge import AXES
-
-KIND_ORDER = ("positive", "negative", "unknown")
-BREAKDOWNS = ("overall", "category", "modality")
-MEASURE_ORDER = (*AXES, "bertscore_f1", "meteor", "rouge1", "rouge2", "rougeL")
-MEASURE_LABELS = {
-    "clinical_accuracy": "Cli. Acc.",
-    "clinical_relevance": "Cli. Rel.",
-    "detail_level": "Detail Level",
-    "risk_level": "Risk Level",
-    "bertscore_f1": "B. Score",
-    "meteor": "M. Score",
-    "rouge1": "ROUGE-1",
-    "rouge2": "ROUGE-2",
-    "rougeL": "ROUGE-L",
-}
-UNKNOWN = "unknown"
-
-REPORT_SCHEMA = pa.schema([
-    ("model", pa.string()),
-    ("breakdown", pa.string()),
-    ("group", pa.string()),
-    ("kind", pa.string()),
-    ("measure", pa.string()),
-    ("mean", pa.float64()),
-    ("ci_low", pa.float64()),
-    ("ci_high", pa.float64()),
-    ("n", pa.int64()),
-    ("n_failed", pa.int64()),
-])
-_KEYS = ("breakdown", "group", "kind", "measure")
-
-
-# --------------------------------------------------------------------------- bootstrap
-
-
-@dataclass(frozen=True)
-class Estimate:
-    mean: float | None
-    ci_low: float | None
-    ci_high: float | None
-    n: int
-
-
-def bootstrap_mean(values: Sequence[float] | np.ndarray, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Estimate:
-    """Mean and percentile-bootstrap interval of ``values`` (``n_boot`` resamples, seeded,
-    vectorised). Empty input: all None; one value: the interval is that value."""
-    x = np.asarray(values, dtype=np.float64)
-    n = int(x.size)
-    if n == 0:
-        return Estimate(None, None, None, 0)
-    mean = float(x.mean())
-    if n == 1:
-        return Estimate(mean, mean, mean, 1)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return Estimate(mean, float(low), float(high), n)
-
-
-# --------------------------------------------------------------------------- long values
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One value to average (None: a failure) of one model, question and measure."""
-
-    model: str
-    qa_id: str
-    measure: str
-    value: float | None
-
-
-def judgment_observations(judgments: pa.Table) -> list[Observation]:
-    """Four observations per judgment; a failed judgment gives four failures."""
-    cols = judgments.select(["model", "qa_id", "status", *AXES]).to_pylist()
-    return [
-        Observation(r["model"], r["qa_id"], axis, float(r[axis]) if r["status"] == "ok" and r[axis] is not None else None)
-        for r in cols
-        for axis in AXES
-    ]
-
-
-def score_observations(scores: pa.Table) -> list[Observation]:
-    """One observation per score row. Values of one (model, metric) made with different
-    ``params`` (e.g. two BERTScore encoders) are refused: they must not be averaged together."""
-    cols = scores.select(["model", "qa_id", "metric", "value", "params"]).to_pylist()
-    settings: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for r in cols:
-        settings[(r["model"], r["metric"])].add(r["params"])
-    mixed = {k: v for k, v in settings.items() if len(v) > 1}
-    if mixed:
-        (model, metric), params = next(iter(mixed.items()))
-        raise ValueError(f"{model} / {metric}: scores made with {len(params)} different params ({sorted(params)}); filter to one first")
-    return [Observation(r["model"], r["qa_id"], r["metric"], _finite(r["value"])) for r in cols]
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
-
-
-# --------------------------------------------------------------------------- Table 2
-
-
-def table2(
-    judgments: pa.Table | None,
-    scores: pa.Table | None,
-    kinds: Mapping[str, str | None],
-    *,
-    categories: Mapping[str, str | None] | None = None,
-    modalities: Mapping[str, str | None] | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> pa.Table:
-    """The report table (:data:`REPORT_SCHEMA`) of judgments and scores.
-
-    ``kinds`` maps qa_id to positive / negative (a qa_id missing from it counts as
-    ``unknown``); ``categories`` and ``modalities`` (qa_id to label), when given, add the
-    ``category`` and ``modality`` breakdowns.
-    """
-    observations = (judgment_observations(judgments) if judgments is not None else []) + (
-        score_observations(scores) if scores is not None else []
-    )
-    labels = {"overall": None, "category": categories, "modality": modalities}
-    cells: dict[tuple[str, str, str, str, str], list[float | None]] = defaultdict(list)
-    for o in observations:
-        kind = kinds.get(o.qa_id) or UNKNOWN
-        for breakdown, mapping in labels.items():
-            if breakdown != "overall" and mapping is None:
-                continue
-            group = "all" if mapping is None else (mapping.get(o.qa_id) or UNKNOWN)
-            cells[(o.model, breakdown, group, kind, o.measure)].append(o.value)
-    rows = [_cell_row(key, values, n_boot, seed, level) for key, values in sorted(cells.items(), key=lambda kv: _order(kv[0]))]
-    return pa.Table.from_pylist(rows, schema=REPORT_SCHEMA)
-
-
-def _order(key: tuple[str, str, str, str, str]) -> tuple[Any, ...]:
-    model, breakdown, group, kind, measure = key
-    return (
-        model,
-        BREAKDOWNS.index(breakdown),
-        group == UNKNOWN,
-        group,
-        KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER),
-        MEASURE_ORDER.index(measure) if measure in MEASURE_ORDER else len(MEASURE_ORDER),
-        measure,
-    )
-
-
-def _cell_row(key: tuple[str, ...], values: list[float | None], n_boot: int, seed: int, level: float) -> dict[str, Any]:
-    ok = [v for v in values if v is not None]
-    est = bootstrap_mean(ok, n_boot=n_boot, seed=seed, level=level)
-    return {
-        **dict(zip(("model", *_KEYS), key, strict=True)),
-        "mean": est.mean,
-        "ci_low": est.ci_low,
-        "ci_high": est.ci_high,
-        "n": est.n,
-        "n_failed": len(values) - len(ok),
-    }
-
-
-def label_maps(instructions: pa.Table, images: pa.Table | None = None) -> dict[str, dict[str, str | None]]:
-    """``kinds``, ``categories`` and (with ``images``) ``modalities`` keyed by qa_id, ready for
-    :func:`table2` as keyword arguments."""
-    rows = instructions.select(["qa_id", "image_id", "kind", "category"]).to_pylist()
-    out: dict[str, dict[str, str | None]] = {
-        "kinds": {r["qa_id"]: r["kind"] for r in rows},
-        "categories": {r["qa_id"]: r["category"] for r in rows},
-    }
-    if images is not None:
-        modality = dict(zip(images.column("image_id").to_pylist(), images.column("modality").to_pylist(), strict=True))
-        out["modalities"] = {r["qa_id"]: modality.get(r["image_id"]) for r in rows}
-    return out
-
-
-# --------------------------------------------------------------------------- comparison
-
-
-COMPARE_SCHEMA = pa.schema([
-    *(REPORT_SCHEMA.field(k) for k in _KEYS),
-    ("model_a", pa.string()), ("mean_a", pa.float64()), ("ci_low_a", pa.float64()), ("ci_high_a", pa.float64()), ("n_a", pa.int64()),
-    ("model_b", pa.string()), ("mean_b", pa.float64()), ("ci_low_b", pa.float64()), ("ci_high_b", pa.float64()), ("n_b", pa.int64()),
-    ("diff", pa.float64()),
-])
-
-
-def compare(run_a: pa.Table, run_b: pa.Table) -> pa.Table:
-    """Two reports side by side (one model each), cell by cell, with ``diff = mean_b - mean_a``.
-
-    A cell present in one run only keeps nulls for the other.
-    """
-    a, b = _cells_of(run_a, "a"), _cells_of(run_b, "b")
-    rows = []
-    for key in sorted(a.keys() | b.keys(), key=lambda k: _order(("", *k))):
-        ra, rb = a.get(key, {}), b.get(key, {})
-        row = {**dict(zip(_KEYS, key, strict=True)), **ra, **rb}
-        both = ra.get("mean_a") is not None and rb.get("mean_b") is not None
-        row["diff"] = rb["mean_b"] - ra["mean_a"] if both else None
-        rows.append(row)
-    return pa.Table.from_pylist(rows, schema=COMPARE_SCHEMA)
-
-
-def _cells_of(report: pa.Table, side: str) -> dict[tuple[str, ...], dict[str, Any]]:
-    models = set(report.column("model").to_pylist())
-    if len(models) > 1:
-        raise ValueError(f"compare takes one model per report; run {side} has {sorted(models)}: filter it first")
-    fields = ("model", "mean", "ci_low", "ci_high", "n")
-    return {tuple(r[k] for k in _KEYS): {f"{f}_{side}": r[f] for f in fields} for r in report.to_pylist()}
-
+from medhall.evaluate.questions import Questions, load_questions
+from medhall.evaluate.table2 import (
+    MEASURE_LABELS,
+    MEASURE_ORDER,
+    compare,
+    table2,
+)
+from medhall.store import ArtifactStore
 
 # --------------------------------------------------------------------------- renderers
 
@@ -350,18 +147,213 @@ def plot_report(report: pa.Table, path: str | os.PathLike[str], title: str = "Me
     return out
 
 
+
+
+# --------------------------------------------------------------------------- the report page
+
+
+@dataclass
+class ReportFiles:
+    """What :func:`write_report` wrote and the tables it rendered."""
+
+    markdown_path: Path
+    csv_path: Path
+    png_path: Path
+    markdown: str
+    table: pa.Table
+    comparison: pa.Table | None = None
+    compare_paths: dict[str, Path] = field(default_factory=dict)
+
+
+def reports_dir(store: ArtifactStore, cfg: EvalConfig) -> Path:
+    return store.root / "reports" / cfg.eval_dataset()
+
+
+def _model_tables(store: ArtifactStore, cfg: EvalConfig, model: str, dataset: str, qa_ids: Sequence[str],
+                  judge_model: str | None, rubric_hash: str | None) -> tuple[pa.Table | None, pa.Table | None]:
+    """(judgments, scores) of ``model`` in ``dataset`` for ``qa_ids``; judgments only by this
+    judge and rubric (None when no judge ran); scores of this run's metrics only."""
+    wanted = pa.array(list(qa_ids), pa.string())
+
+    def latest(table: str) -> pa.Table | None:
+        art = store.latest(table, dataset)
+        if art is None:
+            return None
+        t = art.read()
+        return t.filter(pc.and_(pc.equal(t.column("model"), model), pc.is_in(t.column("qa_id"), wanted)))
+
+    judgments = latest("judgments") if judge_model else None
+    if judgments is not None:
+        judgments = judgments.filter(pc.and_(pc.equal(judgments.column("judge_model"), judge_model),
+                                             pc.equal(judgments.column("rubric_hash"), rubric_hash)))
+    scores = latest("scores")
+    if scores is not None:
+        scores = scores.filter(pc.is_in(scores.column("metric"), pa.array(cfg.metric_names(), pa.string())))
+    return judgments, scores
+
+
+def build_report_table(store: ArtifactStore, cfg: EvalConfig, questions: Questions, *, model: str | None = None,
+                       dataset: str | None = None, judge_model: str | None = None) -> pa.Table:
+    """Table 2 rows (:func:`medhall.evaluate.report.table2`) of one model on the questions."""
+    from medhall.evaluate.judge import load_rubric
+
+    rows = questions.rows()
+    judgments, scores = _model_tables(store, cfg, model or cfg.resolved_model_name(), dataset or cfg.eval_dataset(),
+                                      questions.qa_ids, judge_model, load_rubric(cfg.rubric_version).hash)
+    return table2(judgments, scores, {r["qa_id"]: r["kind"] for r in rows},
+                  categories={r["qa_id"]: r["category"] for r in rows}, modalities={r["qa_id"]: r["modality"] for r in rows},
+                  n_boot=cfg.n_boot, seed=cfg.seed)
+
+
+def write_report(store: ArtifactStore, cfg: EvalConfig, run_id: str, *, judge_model: str | None = None,
+                 compare_with: str | None = None) -> ReportFiles:
+    """Table 2 with intervals, breakdowns and (``compare_with``: another model evaluated on the
+    same questions) a side-by-side comparison: Markdown, CSV and PNG under
+    ``<home>/reports/<eval dataset>/``. ``judge_model``: the judge of this run (None: no judge)."""
+
+    questions = load_questions(store, cfg)
+    table = build_report_table(store, cfg, questions, judge_model=judge_model)
+    out = reports_dir(store, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = write_csv(table, out / "report.csv")
+    png_path = plot_report(table, out / "report.png", title=f"{cfg.resolved_model_name()} on {cfg.dataset} ({cfg.split or 'all'})")
+    comparison, compare_paths, other_note = None, {}, None
+    if compare_with:
+        other_ds = eval_dataset_name(cfg.dataset, cfg.split, compare_with, cfg.max_questions)
+        if store.latest("predictions", other_ds) is None:
+            other_note = f"No evaluation of `{compare_with}` on these questions (eval dataset `{other_ds}`): nothing to compare."
+        else:
+            other = build_report_table(store, cfg, questions, model=compare_with, dataset=other_ds, judge_model=judge_model)
+            comparison = compare(other, table)
+            compare_paths = {"csv": write_csv(comparison, out / f"compare-{slug(compare_with)}.csv"),
+                             "png": plot_report(pa.concat_tables([other, table]), out / f"compare-{slug(compare_with)}.png",
+                                                title=f"{compare_with} vs {cfg.resolved_model_name()}")}
+    markdown = render_markdown(store, cfg, questions, table, judge_model=judge_model, comparison=comparison,
+                               compare_with=compare_with, note=other_note, files={"CSV": csv_path, "chart": png_path, **compare_paths})
+    md_path = out / "report.md"
+    atomic.write_bytes(md_path, markdown.encode())
+    return ReportFiles(md_path, csv_path, png_path, markdown, table, comparison, compare_paths)
+
+
+def render_markdown(store: ArtifactStore, cfg: EvalConfig, questions: Questions, table: pa.Table, *,
+                    judge_model: str | None, comparison: pa.Table | None = None, compare_with: str | None = None,
+                    note: str | None = None, files: dict[str, Any] | None = None) -> str:
+    """The report in Markdown: what was evaluated and how, Table 2, breakdowns, comparison."""
+
+    preds = read_predictions(store, cfg, questions.qa_ids)
+    parts = [_header(cfg, questions, preds), _judge_section(store, cfg, questions, judge_model), _metrics_section(cfg)]
+    parts.append("## Table 2 (P = non-hallucination, N = hallucination questions)\n\n" + markdown_pn(table))
+    parts.append("## Overall, with bootstrap 95 % intervals\n\n" + markdown_table(table, "overall"))
+    for breakdown in ("category", "modality"):
+        if any(r == breakdown for r in table.column("breakdown").to_pylist()):
+            parts.append(f"## By {breakdown}\n\n" + markdown_table(table, breakdown))
+    if comparison is not None:
+        parts.append(f"## {compare_with} vs {cfg.resolved_model_name()} (Δ = this run − {compare_with})\n\n"
+                     + markdown_compare(comparison, labels=(compare_with or "a", cfg.resolved_model_name())))
+    elif note:
+        parts.append(f"## Comparison\n\n{note}\n")
+    parts.append(_files_section(cfg, files or {}))
+    return "\n".join(parts)
+
+
+def _header(cfg: EvalConfig, questions: Questions, preds: pa.Table) -> str:
+    kinds = Counter(r["kind"] for r in questions.rows())
+    rows = preds.to_pylist()
+    failed = [r for r in rows if r["status"] != "ok"]
+    truncated = sum(1 for r in rows if r["meta"] and json.loads(r["meta"]).get("truncated"))
+    lines = [f"# Evaluation: {cfg.resolved_model_name()} on {cfg.dataset} ({cfg.split or 'all'} split)", ""]
+    if cfg.text_only():
+        lines += ["**Text-only baseline: this model did not see the image** (nor the caption). It answered "
+                  "from the question alone, so its scores measure language priors, not image understanding.", ""]
+    lines += [
+        f"- Model: `{cfg.resolved_model_name()}` ({_model_words(cfg)})",
+        f"- Questions: {questions.table.num_rows} (P {kinds.get('positive', 0)}, N {kinds.get('negative', 0)})"
+        + (f", a seeded sample of {cfg.max_questions}" if cfg.max_questions else ""),
+        f"- Answers: {len(rows) - len(failed)} ok, {len(failed)} failed"
+        + (f" ({_reasons(r['error'] for r in failed)})" if failed else "")
+        + (f"; {truncated} cut at the token limit (kept)" if truncated else ""),
+    ]
+    missing = questions.table.num_rows - len(rows)
+    if missing:
+        lines.append(f"- Not answered yet: {missing} (an unfinished run; re-run to complete)")
+    return "\n".join(lines) + "\n"
+
+
+def _model_words(cfg: EvalConfig) -> str:
+    spec = cfg.model
+    if spec.kind == "local_vlm":
+        return f"local VLM `{spec.path}`" + (f" + adapter `{spec.adapter}`" if spec.adapter else "") + ", greedy"
+    if spec.kind == "import":
+        return f"answers imported from {len(spec.paths)} file(s)"
+    where = "embedded local model" if spec.llm.backend == "transformers" else f"OpenAI-compatible endpoint ({spec.llm.base_url or 'MEDHALL_LLM_BASE_URL'})"
+    return f"{where}, temperature 0, at most {spec.max_tokens} tokens"
+
+
+def _reasons(errors: Any) -> str:
+    counts = Counter((e or "unknown").split(":", 1)[0] for e in errors)
+    return ", ".join(f"{k}: {v}" for k, v in counts.most_common())
+
+
+def _judge_section(store: ArtifactStore, cfg: EvalConfig, questions: Questions, judge_model: str | None) -> str:
+    if judge_model is None:
+        return ("## Clinical judge: not run\n\n**The judge scores need a judge endpoint** and were not computed: "
+                "Clinical Accuracy, Clinical Relevance, Detail Level and Risk Level (the paper's GPT-4o judge). "
+                f"To add them, {JUDGE_ENV_HELP}.\n")
+    from medhall.evaluate.judge import load_rubric
+
+    judgments, _ = _model_tables(store, cfg, cfg.resolved_model_name(), cfg.eval_dataset(), questions.qa_ids,
+                                 judge_model, load_rubric(cfg.rubric_version).hash)
+    rows = judgments.to_pylist() if judgments is not None else []
+    failed = [r for r in rows if r["status"] != "ok"]
+    anchored = sum(1 for r in rows if r["anchor_model"])
+    lines = [
+        "## Clinical judge", "",
+        f"- Judge: `{judge_model}`, temperature 0, rubric {cfg.rubric_version} (hash `{load_rubric(cfg.rubric_version).hash}`), "
+        f"up to {cfg.judge_attempts} calls per answer",
+        f"- Anchor: {anchored} of {len(rows)} judgments anchored on `{cfg.baseline_model}`'s judged answer"
+        if cfg.baseline_model else "- Anchor: none (judged without a sample answer; `anchor_model` is null)",
+        f"- Judgments: {len(rows) - len(failed)} ok, **{len(failed)} failed**"
+        + (f" ({_reasons(_judge_reason(r) for r in failed)}); failed judgments are counted in the tables' "
+           "`failed` column and never averaged in (raw replies in `judgments.raw`)" if failed else ""),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _judge_reason(row: dict[str, Any]) -> str:
+    error = row.get("error") or ""
+    return error.removeprefix("parse failed: ") or "unknown"
+
+
+def _metrics_section(cfg: EvalConfig) -> str:
+    from medhall.evaluate.text_metrics import bertscore_params
+
+    names = cfg.metric_names()
+    labels = {"meteor": "METEOR", "bertscore_f1": "BERTScore F1"}
+    shown = ", ".join(labels.get(n, MEASURE_LABELS.get(n, n)) for n in names)
+    lines = ["## Reference-based metrics (no judge needed)", "", f"- Computed: {shown}"]
+    if "bertscore_f1" in names:
+        p = bertscore_params(cfg.bertscore_encoder, cfg.bertscore_layers)
+        lines.append(f"- BERTScore encoder: `{p['encoder']}` (layer {p['num_layers']}, {p['encoder_origin']}); "
+                     "values from different encoders are not comparable (the paper used roberta-large)")
+    return "\n".join(lines) + "\n"
+
+
+def _files_section(cfg: EvalConfig, files: dict[str, Any]) -> str:
+    view = re.sub(r"[^A-Za-z0-9_]", "_", cfg.eval_dataset())
+    lines = ["## Files and queries", ""] + [f"- {k}: `{v}`" for k, v in files.items()]
+    lines += [f"- Rows: `medhall sql \"select * from scores__{view}\"` (also `predictions__{view}`, `judgments__{view}`)"]
+    return "\n".join(lines) + "\n"
+
+
 __all__ = [
-    "COMPARE_SCHEMA",
-    "MEASURE_LABELS",
-    "REPORT_SCHEMA",
-    "Estimate",
-    "bootstrap_mean",
-    "compare",
-    "label_maps",
+    "ReportFiles",
+    "build_report_table",
     "markdown_compare",
     "markdown_pn",
     "markdown_table",
     "plot_report",
-    "table2",
+    "render_markdown",
+    "reports_dir",
     "write_csv",
+    "write_report",
 ]

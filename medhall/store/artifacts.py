@@ -161,6 +161,12 @@ class ArtifactStore:
     def read(self, table: str, dataset: str, version: int | None = None) -> pa.Table:
         return self.get(table, dataset, version).read()
 
+    def images_source(self, dataset: str) -> str:
+        """The dataset holding ``dataset``'s images: itself, or the source a build was made from."""
+        if self.latest("images", dataset) is None and (instr := self.latest("instructions", dataset)):
+            return instr.manifest.get("config", {}).get("build", {}).get("source", dataset)
+        return dataset
+
     def datasets(self) -> list[str]:
         if not self.tables_root.is_dir():
             return []

@@ -89,7 +89,7 @@ def test_adding_images_generates_only_the_new_ones(corpus_store, tmp_path):
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     ingest_to_store("llava_med_captions", [src], dataset="grow", store=corpus_store)
     plan = prepare(corpus_store, cfg)
-    assert plan.done == 1 and len(plan.todo) == 1 and len(plan.todo[0].image_ids) == 2
+    assert plan.done == 1 and len(plan.todo) == 1 and len(plan.todo[0].ids) == 2
     out = run_build(corpus_store, cfg)
     imgs = _one(corpus_store, "select count(distinct image_id) n from instructions__grown")
     assert imgs[0]["n"] == 6 and out["instructions"].version == 2
@@ -139,7 +139,7 @@ def test_llm_failures_are_quarantined_and_retried_by_the_next_run(corpus_store, 
     assert len(q) == 1 and q[0]["reason"] == "llm_server" and q[0]["images"] == 28
     raw = _one(corpus_store, "select detail from quarantine__flaky limit 1")[0]["detail"]
     assert "500" in raw
-    assert sum(len(s.image_ids) for s in prepare(corpus_store, cfg).todo) == 28  # failed images are not done
+    assert sum(len(s.ids) for s in prepare(corpus_store, cfg).todo) == 28  # failed images are not done
     server.configure(fault_rate=0.0)
     out = run_build(corpus_store, cfg, client=llm_client())
     assert out["quarantine"].rows == 0 and out["instructions"].rows > 0

@@ -12,17 +12,13 @@ import pytest
 
 from medhall.evaluate.judge import AXES
 from medhall.evaluate.report import (
-    REPORT_SCHEMA,
-    bootstrap_mean,
-    compare,
-    label_maps,
     markdown_compare,
     markdown_pn,
     markdown_table,
     plot_report,
-    table2,
     write_csv,
 )
+from medhall.evaluate.table2 import REPORT_SCHEMA, bootstrap_mean, compare, label_maps, table2
 from medhall.schema import from_rows
 
 

@@ -18,7 +18,8 @@ from medhall.evaluate.predictions import (
     kinds_of,
     release_questions,
 )
-from medhall.evaluate.report import markdown_pn, table2
+from medhall.evaluate.report import markdown_pn
+from medhall.evaluate.table2 import table2
 from medhall.evaluate.text_metrics import DEFAULT_ENCODER, score_predictions
 
 PUBLISHED_JUDGE = {  # the release README's means (3 decimals) of the published row

@@ -25,6 +25,10 @@ Steps (docs/ingest.md has the full rules):
    one (counted). A pair without an answer is dropped (counted) when the same image has the
    same question with an answer (e.g. the MedHallTune bare ``*_qa.jsonl`` files read together
    with the ``val_*`` files that carry the ground truth).
+
+One module on purpose (about 650 lines): the six steps are one pass over one shared state (the
+groups of records per image file, the quarantine, the summary counters), and each rule above
+is easier to check against its neighbours when they sit together.
 """
 
 from __future__ import annotations

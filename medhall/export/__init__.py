@@ -28,12 +28,8 @@ import pyarrow.compute as pc
 from medhall.export.base import (
     Exporter,
     Job,
-    ParquetSource,
     PathLike,
-    RowSource,
     Sink,
-    TableSource,
-    as_source,
     image_paths,
     run_exports,
 )
@@ -47,6 +43,7 @@ from medhall.export.medhalltune import (
     write_medhalltune,
 )
 from medhall.export.parquet import parquet_sink, write_parquet
+from medhall.export.rows import ParquetSource, RowSource, TableSource, as_source
 from medhall.schema import SPLITS
 from medhall.split import check_no_leak, check_question_leak, leak_suspects, split_mask
 

@@ -5,6 +5,10 @@ modality and body part, its random generator, what was already asked) and a lang
 and returns a :class:`Draft` or None when the image offers nothing (more) for that category.
 Every answer is built from the caption's own entities, attributes and sentences; negative
 answers always correct the false premise.
+
+One module on purpose (about 570 lines): :class:`Composer` is one class whose builders share
+the image context, the style and the used-question bookkeeping; split across files they would
+pass that state around instead of reading it.
 """
 
 from __future__ import annotations

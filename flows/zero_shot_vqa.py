@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from medhall.evaluate.vqa_pipeline import VQAConfig
+from medhall.vqa.config import VQAConfig
 from tasks.common import configure_results
 from tasks.vqa import answer_shard_task, assemble_task, plan_task, release_model_task, report_task
 

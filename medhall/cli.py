@@ -283,7 +283,8 @@ def vqa(
     local: Annotated[bool, typer.Option("--local", help="In-process instead of a Prefect flow.")] = False,
 ) -> None:
     """Zero-shot medical VQA (VQA-RAD, PathVQA, SLAKE, PMC-VQA, OmniMedVQA): the paper's Table 3."""
-    from medhall.evaluate.vqa_pipeline import load_config, run_vqa
+    from medhall.vqa.config import load_config
+    from medhall.vqa.pipeline import run_vqa
 
     try:
         cfg = load_config(config, dataset=dataset, shard_size=shard_size)

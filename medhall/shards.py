@@ -268,10 +268,16 @@ def work_id(work_dir: Path | str, *, create: bool = False) -> str | None:
 
 def cache_token(work_dir: Path | str, key: str) -> list[Any]:
     """What an orchestrator's cache key for shard ``key`` must include besides the shard's
-    inputs: the folder's :func:`work_id` and the state of the shard's marker (a shard planned
-    again for its failures has a marker now, so it runs again)."""
+    inputs: the folder's :func:`work_id` (a deleted folder's results are gone) and, while the
+    shard's marker leaves some of its units undone, the marker's state (a shard planned again
+    for its failures runs again; a shard done in full is answered from the cache)."""
     marker = marker_path(work_dir, key)
-    return [work_id(work_dir), marker.stat().st_mtime_ns if marker.exists() else None]
+    try:
+        m = _marker(marker)
+        state = None if set(m.keys) <= m.done else marker.stat().st_mtime_ns
+    except FileNotFoundError:
+        state = None
+    return [work_id(work_dir), state]
 
 
 __all__: Sequence[str] = [

@@ -1,27 +1,31 @@
 """Zero-shot VQA tasks: plan, one task per answer shard, release a model, assemble, report.
 
-Answer shards are idempotent by completion markers (a finished shard is never planned again)
-and cached on explicit inputs: the model key (kind, files with fingerprints, generation
-settings), the benchmark file's fingerprint, the shard key (its items' ids, prompts and image
-stamps) and the work folder's id (written by the plan), so a shard of a deleted work folder
-is never answered from a stale cache. A model's runner is kept loaded between its shard tasks (tasks of one flow run
-share this process) and unloaded by :func:`release_model_task` before the next model.
+Answer shards are idempotent by completion markers (:mod:`medhall.shards`: a shard whose items
+are all done is never planned again) and cached on explicit inputs: the model key (kind, files
+with fingerprints, generation settings), the benchmark file's fingerprint, the shard key (its
+items' ids, prompts and image stamps) and :func:`medhall.shards.cache_token` (the work
+folder's id, written by the plan, so a shard of a deleted work folder is never answered from a
+stale cache, and the shard's marker state, so a shard planned again for its failures runs
+again). A model's runner is kept loaded between its shard tasks (tasks of one flow run share
+this process) and unloaded by :func:`release_model_task` before the next model.
 """
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from medhall.evaluate import vqa_pipeline as vqa
-from medhall.evaluate.vqa_pipeline import VQAConfig
+from medhall import shards
+from medhall.vqa import pipeline as vqa
+from medhall.vqa.config import VQAConfig
+from medhall.vqa.report import report
+from medhall.vqa.runners import RunnerPool
 from tasks.common import artifact_key, cache_key, describe, store
 
 #: The runners of the models being answered, shared by the shard tasks of this process.
-POOL = vqa.RunnerPool()
+POOL = RunnerPool()
 
 
 @task(name="vqa-plan")
@@ -39,7 +43,7 @@ def plan_task(cfg: VQAConfig) -> dict[str, Any]:
                 "work_dir": str(u.work_dir),
                 "items": u.items,
                 "done_shards": u.done_shards,
-                "todo": [{"key": s.key, "item_ids": list(s.item_ids)} for s in u.todo],
+                "todo": [{"key": s.key, "item_ids": list(s.ids)} for s in u.todo],
             }
             for u in p.units
         ],
@@ -47,10 +51,9 @@ def plan_task(cfg: VQAConfig) -> dict[str, Any]:
 
 
 def _answer_key(_ctx: Any, p: dict[str, Any]) -> str:
-    """Model key, benchmark fingerprint, shard key and the work folder's id: a deleted work
-    folder (no id) never hits the cache."""
-    wid = vqa.work_id(p["work_dir"]) or uuid.uuid4().hex
-    return cache_key("vqa-shard", p["model_key"], p["benchmark_fingerprint"], p["shard_key"], wid)
+    """Model key, benchmark fingerprint, shard key and :func:`medhall.shards.cache_token`."""
+    key = p["shard_key"]
+    return cache_key("vqa-shard", p["model_key"], p["benchmark_fingerprint"], key, *shards.cache_token(p["work_dir"], key))
 
 
 @task(
@@ -104,7 +107,7 @@ def assemble_task(cfg: VQAConfig, run_id: str) -> dict[str, Any]:
 @task(name="vqa-report")
 def report_task(cfg: VQAConfig, summary: list[dict[str, Any]]) -> dict[str, Any]:
     """Table 3 files, published as a Markdown and a table artifact in the Prefect UI."""
-    rep = vqa.report(store(), cfg, summary)
+    rep = report(store(), cfg, summary)
     key = artifact_key(cfg.dataset)
     create_markdown_artifact(
         key=f"{key}-table3",

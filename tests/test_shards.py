@@ -102,6 +102,7 @@ def test_units_not_done_are_planned_again_under_the_same_key_and_supersede(tmp_p
     assert shards.cache_token(tmp_path, only.key) != before and before[1] is None
     shards.write(tmp_path, only, {None: pa.table({"id": ["id_000"], "value": [0]})}, done=only.keys)
     assert shards.is_done(tmp_path, only)
+    assert shards.cache_token(tmp_path, only.key) == before  # done in full: its cached result stands
     rows = {r["id"]: r["value"] for t in shards.read(tmp_path, [k for k, _ in units(3)], id_column="id") for r in t.to_pylist()}
     assert rows == {"id_000": 0, "id_001": 10, "id_002": None}  # the newest answer of each, failures kept
     done_only = [i for t in shards.read(tmp_path, [k for k, _ in units(3)], id_column="id", only_done=True)

@@ -12,10 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from medhall.evaluate.vqa_data import (
-    CHOICE_INSTRUCTION,
+from medhall.vqa.data import CHOICE_INSTRUCTION, VQAItem, prompt_for, read_image_bytes
+from medhall.vqa.loaders import (
     LOADERS,
-    VQAItem,
     load_benchmark,
     load_llava_med_test,
     load_omnimedvqa,
@@ -23,8 +22,6 @@ from medhall.evaluate.vqa_data import (
     load_pmc_vqa,
     load_slake,
     load_vqa_rad,
-    prompt_for,
-    read_image_bytes,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"

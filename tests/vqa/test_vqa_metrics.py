@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from medhall.evaluate.vqa_data import VQAItem
-from medhall.evaluate.vqa_metrics import (
+from medhall.vqa.data import VQAItem
+from medhall.vqa.metrics import (
     choice_accuracy,
     choose_option,
     closed_accuracy,

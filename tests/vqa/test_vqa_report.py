@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from medhall.evaluate.vqa_report import build_table3, table3_csv, table3_markdown, table3_png
+from medhall.vqa.report import build_table3, table3_csv, table3_markdown, table3_png
 
 
 def _results() -> list[dict]:

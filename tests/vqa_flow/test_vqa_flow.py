@@ -54,7 +54,7 @@ def test_answer_task_is_cached_on_explicit_inputs(flow_home: Path, benchmarks, m
 
     from prefect import flow
 
-    from medhall.evaluate.vqa_pipeline import VQAConfig
+    from medhall.vqa.config import VQAConfig
     from tasks.vqa import answer_shard_task, plan_task
 
     cfg = VQAConfig(benchmarks=benchmarks[2:], models=models[:1], shard_size=2)

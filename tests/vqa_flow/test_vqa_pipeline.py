@@ -10,17 +10,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from medhall.evaluate.vqa_pipeline import (
-    ModelSpec,
-    VQAConfig,
-    finished,
-    make_runner,
-    model_key,
-    plan,
-    run_vqa,
-)
 from medhall.infer.base import Answer, Query
+from medhall.shards import finished
 from medhall.store import ArtifactStore, query
+from medhall.vqa.config import ModelSpec, VQAConfig, model_key
+from medhall.vqa.pipeline import plan, run_vqa
+from medhall.vqa.runners import make_runner
 
 N_ITEMS = 8  # per model: VQA-RAD 4 (one without its image), SLAKE 2 (English), PMC-VQA 2
 pytestmark = pytest.mark.filterwarnings(
@@ -174,6 +169,39 @@ def test_an_image_that_appears_is_asked_again(store: ArtifactStore, benchmarks, 
     assert status == ["ok"]
 
 
+class Flaky:
+    """A runner that fails every item with a generation error (not final), or answers "yes"."""
+
+    def __init__(self, fail: bool) -> None:
+        self.name, self.fail, self.asked = "flaky", fail, []
+
+    def answer(self, items: Sequence[Query]) -> list[Answer]:
+        self.asked.extend(q.qa_id for q in items)
+        if self.fail:
+            return [Answer.failure(q.qa_id, RuntimeError("CUDA out of memory")) for q in items]
+        return [Answer(q.qa_id, "yes") for q in items]
+
+
+def test_a_shard_whose_items_all_failed_is_asked_again(store: ArtifactStore, benchmarks) -> None:
+    cfg = _cfg(benchmarks, [{"name": "flaky", "path": "/no/such/checkpoint"}])
+    first = Flaky(fail=True)
+    out = run_vqa(store, cfg, runner_factory=lambda spec, c: first)
+    assert out["counts"]["failed"] == out["counts"]["answered"] == N_ITEMS
+    assert len(first.asked) == N_ITEMS - 1  # the missing image never reaches the model
+    # SLAKE's and PMC-VQA's shards (and one of VQA-RAD's) failed whole: same items, same keys,
+    # same shard names as before; their markers did not mark them done, so they are re-asked
+    assert [len(u.todo) for u in plan(store, cfg).units] == [2, 1, 1]
+    second = Flaky(fail=False)
+    again = run_vqa(store, cfg, runner_factory=lambda spec, c: second)
+    assert again["shards_run"] == 4
+    assert sorted(second.asked) == sorted(first.asked)
+    assert again["counts"] == {"answered": N_ITEMS, "failed": 1, "quarantined": 1}
+    status = query(
+        store, "select qa_id, status from predictions__vqa where status = 'failed'"
+    ).to_pylist()
+    assert status == [{"qa_id": MISSING_IMAGE_ITEM, "status": "failed"}]
+
+
 class Oracle:
     """A runner that answers with the reference (letters for multiple choice)."""
 
@@ -187,7 +215,7 @@ class Oracle:
 def test_scores_reach_table3_through_the_metrics(
     store: ArtifactStore, benchmarks, tiny_llava
 ) -> None:
-    from medhall.evaluate.vqa_pipeline import load
+    from medhall.vqa.pipeline import load
 
     models = [{"name": "oracle", "path": str(tiny_llava["base"])}]
     cfg = _cfg(benchmarks, models)
@@ -267,7 +295,7 @@ def test_api_models_get_an_api_runner_on_their_endpoint(benchmarks, monkeypatch)
 
 
 def test_the_documented_config_loads(tmp_path: Path) -> None:
-    from medhall.evaluate.vqa_pipeline import load_config
+    from medhall.vqa.config import load_config
 
     doc = (Path(__file__).parents[2] / "docs" / "vqa_flow.md").read_text()
     example = doc.split("```json\n", 1)[1].split("```", 1)[0]

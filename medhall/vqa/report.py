@@ -1,23 +1,33 @@
-"""The zero-shot VQA table in the layout of the paper's Table 3, as Markdown, CSV and PNG.
+"""Zero-shot VQA reports: the table in the layout of the paper's Table 3, as Markdown, CSV and
+PNG, and the run's report files (step 5 of :mod:`medhall.vqa.pipeline`).
 
 Input is a long table of results, one row per (model, benchmark, split) with a ``value``
-in [0, 1] (e.g. :func:`medhall.evaluate.vqa_metrics.headline` rows with a ``model`` added).
+in [0, 1] (e.g. :func:`medhall.vqa.metrics.headline` rows with a ``model`` added).
 Rows of the table are models, each base model followed by the models fine-tuned from it
 (``base_of`` maps a fine-tuned model to its base); columns are (benchmark, split) in the
 paper's order: VQA-RAD, PathVQA, SLAKE (open, closed), PMC-VQA, OmniMedVQA (choice), then
 any other benchmark. Cells show ``value * scale`` (percent by default).
 
-Everything here is a pure function returning text or bytes; publishing them (files, Prefect
-artifacts, DuckDB rows) is the flow's business.
+:func:`build_table3` and the ``table3_*`` renderers are pure functions returning text or
+bytes; :func:`report` writes a run's files (Table 3 as Markdown, CSV and PNG, and the long
+summary as CSV) under ``<home>/reports/<dataset>/``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medhall.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from medhall.store import ArtifactStore
+    from medhall.vqa.config import VQAConfig
 
 #: Benchmarks in Table 3's order, with the names the paper prints.
 BENCHMARK_LABELS: dict[str, str] = {
@@ -150,6 +160,72 @@ def table3_png(table: Table3, *, scale: float = 100.0, title: str = "Zero-shot m
     return buf.getvalue()
 
 
+# --------------------------------------------------------------------------------------------
+# A run's report (step 5)
+
+
+def table3_results(summary: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Table 3 cells ``{model, benchmark, split, value, n}`` from the long summary rows."""
+    from medhall.vqa.metrics import headline
+
+    by_model: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in summary:
+        by_model[r["model"]].append(r)
+    return [{"model": m, **h} for m, rows in by_model.items() for h in headline(rows)]
+
+
+def report_dir(store: ArtifactStore, cfg: VQAConfig) -> Path:
+    """``<home>/reports/<dataset>``."""
+    return store.root / "reports" / cfg.dataset
+
+
+def _summary_csv(summary: Sequence[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(
+        buf, ["model", "benchmark", "split", "metric", "value", "n"], lineterminator="\n"
+    )
+    w.writeheader()
+    w.writerows({k: r.get(k) for k in w.fieldnames} for r in summary)
+    return buf.getvalue()
+
+
+def _markdown(cfg: VQAConfig, table_md: str, summary: Sequence[Mapping[str, Any]]) -> str:
+    missing = sum(int(r["value"] or 0) for r in summary if r["metric"] == "missing")
+    return (
+        f"# Zero-shot medical VQA: {cfg.dataset}\n\n{table_md}\n"
+        "Open: LLaVA-Med recall of the reference words; closed: LLaVA-Med yes/no accuracy "
+        f"(`{cfg.closed_variant}` rule); choice: accuracy. Percent; `↳` marks a fine-tuned model "
+        f"under its base. Unanswered or failed questions (left out of the means): {missing}.\n"
+    )
+
+
+def report(
+    store: ArtifactStore, cfg: VQAConfig, summary: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Table 3 as Markdown, CSV and PNG, and the long summary as CSV, under
+    :func:`report_dir`; returns their paths, the Markdown text and the table's rows."""
+    table = build_table3(table3_results(summary), cfg.base_of())
+    markdown, csv_text = _markdown(cfg, table3_markdown(table), summary), table3_csv(table)
+    out = report_dir(store, cfg)
+    files = {
+        "markdown": (out / "table3.md", markdown.encode()),
+        "csv": (out / "table3.csv", csv_text.encode()),
+        "png": (
+            out / "table3.png",
+            table3_png(table, title=f"Zero-shot medical VQA ({cfg.dataset})"),
+        ),
+        "summary_csv": (out / "summary.csv", _summary_csv(summary).encode()),
+    }
+    for path, data in files.values():
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    return {
+        **{name: str(path) for name, (path, _) in files.items()},
+        "markdown_text": markdown,
+        "rows": list(csv.DictReader(io.StringIO(csv_text))),
+    }
+
+
 __all__ = [
     "BENCHMARK_LABELS",
     "SPLIT_ORDER",
@@ -157,7 +233,10 @@ __all__ = [
     "build_table3",
     "column_key",
     "column_label",
+    "report",
+    "report_dir",
     "table3_csv",
     "table3_markdown",
     "table3_png",
+    "table3_results",
 ]

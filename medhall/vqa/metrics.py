@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from difflib import SequenceMatcher
 from typing import Any, Literal
 
-from medhall.evaluate.vqa_data import VQAItem
+from medhall.vqa.data import VQAItem
 
 # --------------------------------------------------------------------------------------------
 # LLaVA-Med's normalisation (glossary.normalize_word), behaviour for behaviour

@@ -66,3 +66,15 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def path_fingerprint(path: str | Path, *, absent: str | None = None) -> str:
+    """A file's SHA-256; a directory's listing (names, sizes, mtimes) hashed; for a path that
+    is neither, ``absent`` (default: ``name:<path>``, the name standing for a hub model)."""
+    p = Path(path)
+    if p.is_file():
+        return file_sha256(p)
+    if p.is_dir():
+        listing = sorted((str(c.relative_to(p)), c.stat().st_size, c.stat().st_mtime_ns) for c in p.rglob("*") if c.is_file())
+        return sha256_hex(canonical_json(listing))
+    return f"name:{path}" if absent is None else absent

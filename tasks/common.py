@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medhall import ids
 from medhall.config import get_settings
-from medhall.ids import canonical_json, file_sha256, sha256_hex
+from medhall.ids import canonical_json, sha256_hex
 from medhall.store import Artifact, ArtifactStore
 
 
@@ -25,15 +26,8 @@ def configure_results() -> Path:
 
 
 def path_fingerprint(path: str | os.PathLike[str]) -> str:
-    """A file's content hash; a directory's listing (names, sizes, mtimes) hash."""
-    p = Path(path)
-    if p.is_file():
-        return file_sha256(p)
-    if p.is_dir():
-        listing = sorted((str(c.relative_to(p)), c.stat().st_size, c.stat().st_mtime_ns) for c in p.rglob("*") if c.is_file())
-        return sha256_hex(canonical_json(listing))
-    return "absent"
-
+    """A file's content hash; a directory's listing (names, sizes, mtimes) hash; else ``absent``."""
+    return ids.path_fingerprint(path, absent="absent")
 
 def cache_key(*parts: Any) -> str:
     """A cache key from explicit inputs, scoped to the store root."""

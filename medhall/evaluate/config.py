@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from medhall.endpoints import LLMSettings
-from medhall.ids import canonical_json, file_sha256, sha256_hex
+from medhall.ids import canonical_json, path_fingerprint, sha256_hex
 
 DEFAULT_METRICS = ("meteor", "rouge", "bertscore")
 METRIC_GROUPS = {"rouge": ("rouge1", "rouge2", "rougeL"), "bertscore": ("bertscore_f1",)}
@@ -173,24 +173,13 @@ def model_identity(spec: Any) -> dict[str, Any]:
     """What decides the answers (not batch size or device; files by content or listing)."""
     data = spec.model_dump(mode="json", exclude={"batch_size", "device"})
     if spec.kind == "local_vlm":
-        data["path_fingerprint"] = _path_fingerprint(spec.path)
-        data["adapter_fingerprint"] = _path_fingerprint(spec.adapter) if spec.adapter else None
+        data["path_fingerprint"] = path_fingerprint(spec.path)
+        data["adapter_fingerprint"] = path_fingerprint(spec.adapter) if spec.adapter else None
     elif spec.kind in ("api", "text_llm"):
         data["llm"] = spec.llm.identity()
     elif spec.kind == "import":
-        data["files"] = [_path_fingerprint(p) for p in spec.paths]
+        data["files"] = [path_fingerprint(p) for p in spec.paths]
     return data
-
-
-def _path_fingerprint(path: str) -> str:
-    """A file's SHA-256; a directory's listing (names, sizes, mtimes); else the name itself."""
-    p = Path(path)
-    if p.is_file():
-        return file_sha256(p)
-    if p.is_dir():
-        listing = sorted((str(c.relative_to(p)), c.stat().st_size, c.stat().st_mtime_ns) for c in p.rglob("*") if c.is_file())
-        return sha256_hex(canonical_json(listing))
-    return f"name:{path}"
 
 
 def judge_identity(cfg: EvalConfig, client: Any = None) -> dict[str, Any] | None:

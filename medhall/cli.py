@@ -58,12 +58,15 @@ def main(
     get_settings(fresh=True)
 
 
-def _run_flow(flow_fn, **params):
-    """Run a flow without the heartbeat thread (it costs ~1 s at the end of every run)."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+def _run_flow(name: str, **params):
+    """Run the Prefect flow ``name`` through the ``medhall`` entry point ``flows`` (the flows
+    package registers itself there, so the library does not import the layers above it)."""
+    from importlib.metadata import entry_points
 
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        return flow_fn(**params)
+    found = entry_points(group="medhall", name="flows")
+    if not found:
+        _fail("the Prefect flows are not installed (reinstall medhall: `make setup`), or run with --local")
+    return next(iter(found)).load()(name, **params)
 
 
 def _store():
@@ -125,9 +128,7 @@ def demo(
         _print_summary(out.ingest.summary)
         report = out.extras.get("evaluation", {}).get("report")
     else:
-        from flows.default import build_default
-
-        result = _run_flow(build_default, evaluate=evaluate, eval_questions=eval_questions)
+        result = _run_flow("build_default", evaluate=evaluate, eval_questions=eval_questions)
         ok = result["ok"]
         report = (result.get("evaluation") or {}).get("report", {}).get("markdown")
     _print_outcome(store)
@@ -216,9 +217,7 @@ def build(
         with console.status(f"building {dataset} from {source}..."):
             run_build(store, cfg)
     else:
-        from flows.build_dataset import build_dataset
-
-        _run_flow(build_dataset, **{k: getattr(cfg, k) for k in ("source", "dataset", "generator", "questions_per_image", "llm", "llm_qc", "test_images", "shard_size", "seed")})
+        _run_flow("build_dataset", **{k: getattr(cfg, k) for k in ("source", "dataset", "generator", "questions_per_image", "llm", "llm_qc", "test_images", "shard_size", "seed")})
     from medhall.build import statistics
 
     for name, table in statistics(store, cfg).items():
@@ -267,9 +266,7 @@ def evaluate(
         result = run_eval(_store(), cfg, compare_with=compare_with)
         report = Path(result.report.markdown_path)
     else:
-        from flows.evaluate_model import evaluate_model
-
-        out = _run_flow(evaluate_model, dataset=dataset, model=spec, model_name=model_name, judge=judge,
+        out = _run_flow("evaluate_model", dataset=dataset, model=spec, model_name=model_name, judge=judge,
                         baseline_model=baseline, split=cfg.split, max_questions=max_questions, compare_with=compare_with)
         report = Path(out["report"]["markdown"])
     console.print(report.read_text(), markup=False, soft_wrap=True)
@@ -294,9 +291,7 @@ def vqa(
         out = run_vqa(_store(), cfg)
         text, counts = out["report"]["markdown_text"], out["counts"]
     else:
-        from flows.zero_shot_vqa import zero_shot_vqa
-
-        out = _run_flow(zero_shot_vqa, **cfg.model_dump(mode="json"))
+        out = _run_flow("zero_shot_vqa", **cfg.model_dump(mode="json"))
         text, counts = Path(out["report"]["markdown"]).read_text(), out["counts"]
     console.print(text)
     console.print(f"answered {counts['answered']}, failed {counts['failed']}, quarantined {counts['quarantined']}")

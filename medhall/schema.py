@@ -219,6 +219,47 @@ QUARANTINE = _schema(
     ],
 )
 
+TRAIN_RUNS = _schema(
+    "train_runs",
+    "One row per training run (LoRA SFT or DPO): what was trained on what, and how it ended.",
+    [
+        Field("train_id", pa.string(), "trn_ + hash of (method, base identity, data fingerprint, config).", False),
+        Field("method", pa.string(), "sft or dpo.", False),
+        Field("base_model", pa.string(), "The base model: checkpoint path, hub name or tiny:<family>.", False),
+        Field("base_identity", pa.string(), "Fingerprint of the base checkpoint (file listing; the name for a hub model)."),
+        Field("family", pa.string(), "Model family: llava, qwen2_vl, qwen2_5_vl, internvl."),
+        Field("dataset", pa.string(), "Dataset (a build) the examples came from, or the file's name."),
+        Field("subset", pa.string(), "Ablation subset (full, positive_only, ..., frac_25) or the split used."),
+        Field("data_fingerprint", pa.string(), "Hash of the training examples (build run id + subset + qa_ids)."),
+        Field("examples", pa.int64(), "Training examples (conversations) after skips, drops and packing."),
+        Field("skipped", pa.int64(), "QA pairs left out: missing or undecodable image, too long with overflow=drop."),
+        Field("truncated", pa.int64(), "Examples cut to max_length (overflow=truncate)."),
+        Field("steps", pa.int64(), "Optimizer steps done (global_step)."),
+        Field("train_loss", pa.float64(), "Mean training loss the trainer reported."),
+        Field("status", pa.string(), "completed, stopped (max_steps) or failed.", False),
+        Field("error", pa.string(), "Why it failed."),
+        Field("adapter_path", pa.string(), "Directory of the saved LoRA adapter (with medhall_adapter.json)."),
+        Field("merged_path", pa.string(), "Directory of the merged model, when --merge was asked."),
+        Field("config", pa.string(), "The training config as JSON."),
+        Field("started_at", pa.timestamp("us", tz="UTC"), "When training began."),
+        Field("seconds", pa.float64(), "Wall seconds of the run."),
+        RUN_ID,
+    ],
+)
+
+TRAIN_METRICS = _schema(
+    "train_metrics",
+    "Training curves: one row per logging step and metric (loss, learning_rate, grad_norm, tokens_per_s, ...).",
+    [
+        Field("train_id", pa.string(), "The run (train_runs.train_id).", False),
+        Field("step", pa.int64(), "Optimizer step.", False),
+        Field("epoch", pa.float64(), "Epoch (fractional)."),
+        Field("metric", pa.string(), "loss, learning_rate, grad_norm, tokens_per_s, rewards/margins (dpo), ...", False),
+        Field("value", pa.float64(), "The value at that step."),
+        RUN_ID,
+    ],
+)
+
 TABLES: dict[str, pa.Schema] = {
     "images": IMAGES,
     "instructions": INSTRUCTIONS,
@@ -229,6 +270,8 @@ TABLES: dict[str, pa.Schema] = {
     "scores": SCORES,
     "llm_calls": LLM_CALLS,
     "quarantine": QUARANTINE,
+    "train_runs": TRAIN_RUNS,
+    "train_metrics": TRAIN_METRICS,
 }
 
 

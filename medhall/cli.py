@@ -273,6 +273,60 @@ def evaluate(
 
 
 @app.command()
+def train(
+    dataset: Annotated[str, typer.Argument(help="A built dataset (its train split), or a LLaVA / ShareGPT JSON file.")],
+    base: Annotated[str | None, typer.Option(help="Base model: checkpoint dir, hub name, tiny:llava or tiny:qwen2-vl.")] = None,
+    subset: Annotated[str | None, typer.Option(help="Ablation subset: full, no_qc, positive_only, negative_only, frac_25...")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON training config (docs/training.md).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config field: key=value (lora.r=16).")] = None,
+    method: Annotated[str | None, typer.Option(help="sft (default) or dpo.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps.")] = None,
+    image_root: Annotated[str | None, typer.Option(help="A file's image folder (default: the file's folder).")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="Also write the merged model (loads like any checkpoint).")] = False,
+    output_dir: Annotated[str | None, typer.Option(help="Where the run writes (default: <home>/train/<train id>).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Do not resume this run's last checkpoint.")] = False,
+) -> None:
+    """LoRA fine-tuning (sft) or preference tuning (dpo) of a VLM on a built dataset, resumable.
+    On several GPUs: `accelerate launch --config_file ... -m medhall.train DATASET --base ...`."""
+    from medhall.train.config import load_config
+    from medhall.train.data import DataError
+    from medhall.train.encode import EncodeError
+    from medhall.train.model import ModelError
+    from medhall.train.trainer import TrainError, run_training
+
+    fields = {"dataset": dataset, "base": base, "subset": subset, "method": method, "max_steps": max_steps,
+              "image_root": image_root, "merge": merge or None, "output_dir": output_dir}
+    try:
+        cfg = load_config(config, set_ or [], **fields)
+    except (OSError, ValueError) as e:
+        _fail(_short(e))
+    try:
+        res = run_training(_store(), cfg, resume=not fresh)
+    except (DataError, EncodeError, ModelError, TrainError) as e:
+        _fail(str(e), 1)
+    if res.adapter_dir is None:  # not the main process of a distributed run
+        return
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(res.skipped.items())) or "none"
+    console.print(f"[bold]{res.train_id}[/]: {cfg.method} on {res.examples} examples, {res.steps} steps"
+                  + (f" (resumed from {Path(res.resumed_from).name})" if res.resumed_from else "")
+                  + f", loss {res.train_loss:.4f}, {res.seconds:.1f} s")
+    console.print(f"skipped QA pairs: {skipped}; truncated examples: {res.truncated}")
+    console.print(f"adapter: {res.adapter_dir}" + (f"\nmerged:  {res.merged_dir}" if res.merged_dir else ""))
+    console.print(f"curves:  {res.extras['tables']['png']}")
+    console.print(f"evaluate it: medhall evaluate {dataset if not dataset.endswith('.json') else 'DATASET'} --model local_vlm --path {res.extras['base_path']} "
+                  f"--adapter {res.adapter_dir}")
+
+
+def _short(error: Exception) -> str:
+    """A validation error in one line per problem, without pydantic's links."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in error.errors())
+    return str(error)
+
+
+@app.command()
 def vqa(
     config: Annotated[Path, typer.Argument(help="JSON file: {benchmarks: [...], models: [...]} (docs/vqa_flow.md).")],
     dataset: Annotated[str | None, typer.Option(help="Dataset to write predictions and scores to (default: vqa).")] = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,33 @@ def store(home: Path):
     from medhall.store import ArtifactStore
 
     return ArtifactStore(home)
+
+
+#: The dataset :func:`built_template` builds from the embedded sample corpus.
+BUILT_DATASET = "sample-instruct"
+
+
+@pytest.fixture(scope="session")
+def built_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store root with the sample corpus ingested and the default build made (once per session)."""
+    from medhall import sample
+    from medhall.build import run_build
+    from medhall.jobs import default_build_config, ingest_to_store
+    from medhall.store import ArtifactStore
+
+    root = tmp_path_factory.mktemp("built")
+    store = ArtifactStore(root)
+    captions = sample.materialize(root / "sample_corpus")
+    ingest_to_store("llava_med_captions", [captions], dataset="sample", store=store)
+    run_build(store, default_build_config("sample", BUILT_DATASET))
+    return root
+
+
+@pytest.fixture
+def built(store: Any, built_template: Path) -> Any:
+    """The test's own store holding a copy of the built dataset."""
+    shutil.copytree(built_template / "store", store.root / "store", dirs_exist_ok=True)
+    return store
 
 
 @pytest.fixture

@@ -183,7 +183,7 @@ def run_training(store: ArtifactStore, cfg: TrainConfig, *, resume: bool = True)
             merged_dir = models.merge(base_path, adapter_dir, out / "merged")
     res = TrainResult(train_id, out, adapter_dir, merged_dir, steps, loss, len(examples), skipped, report.truncated,
                       time.perf_counter() - t0, "completed" if cfg.max_steps < 0 else "stopped",
-                      resumed_from=str(last) if last else None)
+                      resumed_from=str(last) if last else None, extras={"base_path": base_path})
     if trainer.is_world_process_zero():
         res.extras["tables"] = record(store, cfg, res, family, identity, data, started, base_path)
     return res

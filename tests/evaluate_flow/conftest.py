@@ -4,7 +4,6 @@ the local OpenAI-compatible test server and a Prefect test server."""
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,35 +11,10 @@ from typing import Any
 
 import pytest
 
-from .scripted import DATASET
-
 SERVER_PATH = Path(__file__).resolve().parents[1] / "llm" / "server.py"
 
 
 # --------------------------------------------------------------------------- data and models
-
-
-@pytest.fixture(scope="session")
-def built_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store root with the sample corpus ingested and the default build made (once per session)."""
-    from medhall import sample
-    from medhall.build import run_build
-    from medhall.jobs import default_build_config, ingest_to_store
-    from medhall.store import ArtifactStore
-
-    root = tmp_path_factory.mktemp("built")
-    store = ArtifactStore(root)
-    captions = sample.materialize(root / "sample_corpus")
-    ingest_to_store("llava_med_captions", [captions], dataset="sample", store=store)
-    run_build(store, default_build_config("sample", DATASET))
-    return root
-
-
-@pytest.fixture
-def built(store: Any, built_template: Path) -> Any:
-    """The test's own store holding a copy of the built dataset."""
-    shutil.copytree(built_template / "store", store.root / "store", dirs_exist_ok=True)
-    return store
 
 
 @pytest.fixture(scope="session")

@@ -307,7 +307,9 @@ def train(
     if res.adapter_dir is None:  # not the main process of a distributed run
         return
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(res.skipped.items())) or "none"
-    console.print(f"[bold]{res.train_id}[/]: {cfg.method} on {res.examples} examples, {res.steps} steps"
+    what = "examples" if cfg.method == "sft" else "preference pairs (rejected answers: " + ", ".join(
+        f"{k} {v}" for k, v in sorted(res.extras.get("rejected_sources", {}).items())) + ")"
+    console.print(f"[bold]{res.train_id}[/]: {cfg.method} on {res.examples} {what}, {res.steps} steps"
                   + (f" (resumed from {Path(res.resumed_from).name})" if res.resumed_from else "")
                   + f", loss {res.train_loss:.4f}, {res.seconds:.1f} s")
     console.print(f"skipped QA pairs: {skipped}; truncated examples: {res.truncated}")
@@ -315,6 +317,32 @@ def train(
     console.print(f"curves:  {res.extras['tables']['png']}")
     console.print(f"evaluate it: medhall evaluate {dataset if not dataset.endswith('.json') else 'DATASET'} --model local_vlm --path {res.extras['base_path']} "
                   f"--adapter {res.adapter_dir}")
+
+
+@app.command("export-pairs")
+def export_pairs_cmd(
+    dataset: Annotated[str, typer.Argument(help="A built dataset (the negative questions of its train split).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write into (created).")],
+    format_: Annotated[str, typer.Option("--format", help="trl (JSON lines) or llamafactory (ShareGPT ranking + dataset_info.json).")] = "trl",
+    subset: Annotated[str, typer.Option(help="Ablation subset: full, no_qc, negative_only, frac_25...")] = "full",
+) -> None:
+    """Preference pairs (chosen: the premise-correcting answer; rejected: one that accepts the
+    false premise) for DPO in TRL or LLaMA-Factory, from a build's negative questions."""
+    from medhall.train.data import DataError
+    from medhall.train.dpo import FORMATS, export_pairs, pairs_from_store
+
+    if format_ not in FORMATS:
+        _fail(f"unknown --format {format_!r}; use one of: {', '.join(FORMATS)}")
+    try:
+        data = pairs_from_store(_store(), dataset, subset)
+    except DataError as e:
+        _fail(str(e), 1)
+    paths = export_pairs(data, out, format_, name=f"{dataset}_{subset}_dpo")
+    sources = ", ".join(f"{k} {v}" for k, v in sorted(data.rejected_sources.items()))
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(data.skipped.items())) or "none"
+    console.print(f"{len(data.examples)} preference pairs (rejected answers: {sources}); skipped: {skipped}")
+    for p in paths:
+        console.print(f"  {p}")
 
 
 def _short(error: Exception) -> str:

@@ -51,6 +51,9 @@ class _Pair(BaseModel):
 
 class NegativePair(_Pair):
     category: NegativeCategory
+    # What a hallucinating model would answer (accepts the false premise): the rejected side of
+    # a preference pair. Optional, so replies without it (and cached older replies) still parse.
+    hallucinated_answer: str | None = None
 
 
 class PositivePair(_Pair):
@@ -183,7 +186,8 @@ class LLMGenerator:
                 "generator": self.name,
                 "template_hash": self.templates.hash,
                 "source": "llm",
-                "meta": json.dumps({"call_id": result.call_id, "text_only": self._image_part_missing(image)}),
+                "meta": json.dumps({"call_id": result.call_id, "text_only": self._image_part_missing(image),
+                                    **({"rejected": r} if (r := getattr(pair, "hallucinated_answer", None)) else {})}),
                 "run_id": run_id,
             })
         return rows

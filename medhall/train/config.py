@@ -105,8 +105,6 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         self.lora.resolved()
-        if self.method == "dpo":
-            raise ValueError("method=dpo is not available yet (preference tuning is still being built): use sft")
         if self.method == "dpo" and self.pack_per_image:
             raise ValueError("pack_per_image applies to sft only: DPO pairs are one question each")
         return self

@@ -94,9 +94,11 @@ def check_images(examples: Sequence[Example]) -> tuple[list[Example], Counter[st
     return kept, skipped
 
 
-def from_store(store: ArtifactStore, dataset: str, subset: str = "full", *, pack: bool = False) -> TrainData:
-    """The build ``dataset``'s train pairs of ``subset`` (the build's own ablation subsets,
-    drawn with its seed and fractions) with their images, in ``qa_id`` order."""
+def store_rows(store: ArtifactStore, dataset: str, subset: str = "full",
+               columns: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """The build ``dataset``'s train pairs of ``subset`` (the build's own ablation subsets, drawn
+    with its seed and fractions) as rows with their image path, in ``qa_id`` order; the data's
+    source (dataset, subset, build run id, instructions fingerprint) and the pairs' ids."""
     from medhall.split import ablation_subsets
 
     instr_art = store.latest("instructions", dataset)
@@ -108,7 +110,8 @@ def from_store(store: ArtifactStore, dataset: str, subset: str = "full", *, pack
     build = instr_art.manifest.get("config", {}).get("build", {})
     fractions, seed = tuple(build.get("fractions", (0.25, 0.5, 0.75, 1.0))), int(build.get("seed", 0))
     verdicts = store.latest("qc_verdicts", dataset)
-    instr = instr_art.read(columns=["qa_id", "image_id", "question", "answer", "kind", "category"])
+    wanted = ["qa_id", "image_id", "question", "answer", "kind", "category", *columns]
+    instr = instr_art.read(columns=list(dict.fromkeys(wanted)))
     subsets = ablation_subsets(instr, verdicts.read() if verdicts else schema.empty("qc_verdicts"),
                                splits_art.read(columns=["image_id", "split"]), fractions=fractions, seed=seed)
     if subset not in subsets:
@@ -118,16 +121,21 @@ def from_store(store: ArtifactStore, dataset: str, subset: str = "full", *, pack
         raise DataError(f"{dataset}/{subset} has no training pairs (an empty train split?)")
     images = store.get("images", store.images_source(dataset)).read(columns=["image_id", "image_path"])
     paths = dict(zip(images.column("image_id").to_pylist(), images.column("image_path").to_pylist(), strict=True))
-    rows = [{"image": paths.get(r["image_id"]) or "", "question": r["question"], "answer": r["answer"] or "",
-             "qa_id": r["qa_id"], "key": r["image_id"]} for r in pairs.to_pylist()]
+    rows = [{**r, "image": paths.get(r["image_id"]) or "", "answer": r["answer"] or "", "key": r["image_id"]}
+            for r in pairs.to_pylist()]
+    source = {"dataset": dataset, "subset": subset, "build_run_id": instr_art.manifest.get("run_id"),
+              "instructions": instr_art.fingerprint}
+    return rows, source, pc.unique(pairs.column("qa_id")).to_pylist()
+
+
+def from_store(store: ArtifactStore, dataset: str, subset: str = "full", *, pack: bool = False) -> TrainData:
+    """The build ``dataset``'s train pairs of ``subset`` with their images (:func:`store_rows`)."""
+    rows, source, ids = store_rows(store, dataset, subset)
     unanswered = sum(1 for r in rows if not r["answer"].strip())
     rows = [r for r in rows if r["answer"].strip()]
     examples, skipped = check_images(_group(rows, pack))
     if unanswered:
         skipped["no_answer"] += unanswered
-    ids = pc.unique(pairs.column("qa_id")).to_pylist()
-    source = {"dataset": dataset, "subset": subset, "build_run_id": instr_art.manifest.get("run_id"),
-              "instructions": instr_art.fingerprint}
     fingerprint = sha256_hex(canonical_json([source, sorted(ids), pack]))
     return TrainData(examples, skipped, fingerprint, source)
 
@@ -193,4 +201,5 @@ def load_data(store: ArtifactStore, dataset: str, subset: str = "full", *, image
     return from_store(store, dataset, subset, pack=pack)
 
 
-__all__ = ["DataError", "Example", "SUBSETS", "TrainData", "Turn", "check_images", "from_file", "from_store", "load_data"]
+__all__ = ["DataError", "Example", "SUBSETS", "TrainData", "Turn", "check_images", "from_file", "from_store", "load_data",
+           "store_rows"]

@@ -2,7 +2,7 @@
 
 :func:`run_training` loads the data (:mod:`medhall.train.data`), the base with its adapter
 (:mod:`medhall.train.model`) and the encoder (:mod:`medhall.train.encode`), and hands them to
-``transformers.Trainer`` (SFT) or :class:`medhall.train.dpo.DPOTrainer` (preference tuning):
+``transformers.Trainer`` (SFT) or TRL's ``DPOTrainer`` (preference tuning, :mod:`medhall.train.dpo`):
 the trainer owns the loop, mixed precision, gradient accumulation, checkpointing and, under
 ``accelerate launch`` / ``torchrun``, data parallelism. A run lives in
 ``<home>/train/<train id>/`` (``checkpoints/``, ``adapter/``, ``merged/``, ``metrics.jsonl``,
@@ -98,13 +98,21 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def training_args(cfg: TrainConfig, out_dir: Path, device: str) -> Any:
+    """transformers' ``TrainingArguments`` (SFT) or TRL's ``DPOConfig`` (DPO) from ``cfg``."""
     import torch
     from transformers import TrainingArguments
 
     from medhall.train.model import torch_dtype
 
     dtype = torch_dtype(cfg.precision, device)
-    return TrainingArguments(
+    cls, extra = TrainingArguments, {}
+    if cfg.method == "dpo":
+        from trl import DPOConfig
+
+        # TRL's own defaults differ from transformers' (bf16 and gradient checkpointing on):
+        # every field that matters is set here from cfg, so both methods read the config alike.
+        cls, extra = DPOConfig, {"beta": cfg.dpo_beta, "max_length": cfg.max_length, "truncation_mode": "keep_start"}
+    return cls(
         output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=cfg.per_device_batch,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, num_train_epochs=cfg.epochs,
@@ -113,13 +121,15 @@ def training_args(cfg: TrainConfig, out_dir: Path, device: str) -> Any:
         gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
         report_to="none", remove_unused_columns=False, include_num_input_tokens_seen="all",
-        dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch",
+        dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch", **extra,
     )
 
 
-def run_training(store: ArtifactStore, cfg: TrainConfig, *, resume: bool = True) -> TrainResult:
+def run_training(store: ArtifactStore, cfg: TrainConfig, *, resume: bool = True,
+                 callbacks: list[Any] | None = None) -> TrainResult:
     """Train as ``cfg`` says (resuming this run's last checkpoint when ``resume``), save the
-    adapter with its metadata (and the merged model with ``cfg.merge``), and record the run."""
+    adapter with its metadata (and the merged model with ``cfg.merge``), and record the run.
+    ``callbacks``: more ``TrainerCallback`` s (progress, a flow's live metrics, tests)."""
     from transformers import Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -133,7 +143,7 @@ def run_training(store: ArtifactStore, cfg: TrainConfig, *, resume: bool = True)
     if cfg.method == "dpo":
         from medhall.train.dpo import load_pairs
 
-        data = load_pairs(store, cfg.dataset, cfg.subset)
+        data = load_pairs(store, cfg.dataset, cfg.subset, image_root=cfg.image_root)
     else:
         data = load_data(store, cfg.dataset, cfg.subset, image_root=cfg.image_root, pack=cfg.pack_per_image)
     identity = models.base_identity(base_path)
@@ -144,22 +154,25 @@ def run_training(store: ArtifactStore, cfg: TrainConfig, *, resume: bool = True)
     model, processor = models.load_for_training(cfg, base_path, family, device)
     encoder = Encoder(processor, max_length=cfg.max_length, overflow=cfg.overflow)
     if cfg.method == "dpo":
-        from medhall.train.dpo import DPOTrainer, PairCollator, PairDataset, fit_pairs
+        from medhall.train.dpo import fit_pairs
 
         examples, report = fit_pairs(data.examples, encoder)
-        dataset, collator, trainer_cls = PairDataset(examples, encoder), PairCollator(processor.tokenizer.pad_token_id), DPOTrainer
     else:
         examples, report = fit_examples(data.examples, encoder)
-        dataset, collator, trainer_cls = TrainDataset(examples, encoder), Collator(processor.tokenizer.pad_token_id), Trainer
     skipped = {**data.skipped, **report.dropped}
     if not examples:
         raise TrainError(f"no example fits max_length={cfg.max_length} (longest {report.longest} tokens): "
                          "raise max_length")
     args = training_args(cfg, out, device)
-    kwargs = {"beta": cfg.dpo_beta} if cfg.method == "dpo" else {}
     metrics_path = out / "metrics.jsonl"
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                          callbacks=[metrics_callback(metrics_path, cfg)], **kwargs)
+    hooks = [metrics_callback(metrics_path, cfg), *(callbacks or [])]
+    if cfg.method == "dpo":
+        from medhall.train.dpo import make_trainer
+
+        trainer = make_trainer(model, processor, args, examples, hooks)
+    else:
+        trainer = Trainer(model=model, args=args, train_dataset=TrainDataset(examples, encoder),
+                          data_collator=Collator(processor.tokenizer.pad_token_id), callbacks=hooks)
     last = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).is_dir() else None
     try:
         result = trainer.train(resume_from_checkpoint=last)
@@ -184,6 +197,8 @@ def run_training(store: ArtifactStore, cfg: TrainConfig, *, resume: bool = True)
     res = TrainResult(train_id, out, adapter_dir, merged_dir, steps, loss, len(examples), skipped, report.truncated,
                       time.perf_counter() - t0, "completed" if cfg.max_steps < 0 else "stopped",
                       resumed_from=str(last) if last else None, extras={"base_path": base_path})
+    if cfg.method == "dpo":
+        res.extras["rejected_sources"] = dict(data.rejected_sources)
     if trainer.is_world_process_zero():
         res.extras["tables"] = record(store, cfg, res, family, identity, data, started, base_path)
     return res

@@ -98,7 +98,11 @@ def load_for_training(cfg: TrainConfig, path: str, family: str, device: str) -> 
         r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["target_modules"],
         modules_to_save=[PROJECTORS[family]] if cfg.train_projector else None, task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, peft_cfg)
+    # LoRA's A matrices start random: seed them with cfg.seed (the trainer seeds only after the
+    # model is built), so a run is reproducible and 1 process or N start from the same weights.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = get_peft_model(model, peft_cfg)
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()
     return model, processor

@@ -121,7 +121,8 @@ def training_args(cfg: TrainConfig, out_dir: Path, device: str) -> Any:
         gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
         report_to="none", remove_unused_columns=False, include_num_input_tokens_seen="all",
-        dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch", **extra,
+        dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch", logging_nan_inf_filter=False,
+        **extra,
     )
 
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flows.ablation import ablation  # noqa: E402
 from flows.build_dataset import build_dataset  # noqa: E402
 from flows.default import build_default  # noqa: E402
 from flows.evaluate_model import evaluate_model  # noqa: E402
 from flows.ingest import ingest_corpus  # noqa: E402
+from flows.train_lora import train_lora  # noqa: E402
 from flows.zero_shot_vqa import zero_shot_vqa  # noqa: E402
 
 REBUILD_CRON = os.environ.get("MEDHALL_REBUILD_CRON", "0 3 * * *")  # 03:00 UTC daily
@@ -53,6 +55,17 @@ def deployments() -> list:
             name="zero-shot-vqa",
             description="Zero-shot medical VQA over models x benchmarks (Table 3).",
             parameters={"benchmarks": [], "models": []},
+            tags=["medhall", "gpu"],
+        ),
+        train_lora.to_deployment(
+            name="train-lora",
+            description="LoRA fine-tuning (sft) or preference tuning (dpo) of a VLM on a built dataset, "
+            "through accelerate; resumes from its last checkpoint.",
+            tags=["medhall", "gpu"],
+        ),
+        ablation.to_deployment(
+            name="ablation",
+            description="The paper's Fig. 5: the base VLM fine-tuned on each training subset, each evaluated.",
             tags=["medhall", "gpu"],
         ),
     ]

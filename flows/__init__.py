@@ -12,10 +12,12 @@ from typing import Any
 
 #: Flow name -> module under ``flows/`` that defines it.
 FLOWS = {
+    "ablation": "flows.ablation",
     "build_default": "flows.default",
     "build_dataset": "flows.build_dataset",
     "evaluate_model": "flows.evaluate_model",
     "ingest_corpus": "flows.ingest",
+    "train_lora": "flows.train_lora",
     "zero_shot_vqa": "flows.zero_shot_vqa",
 }
 

@@ -285,6 +285,8 @@ def train(
     merge: Annotated[bool, typer.Option("--merge", help="Also write the merged model (loads like any checkpoint).")] = False,
     output_dir: Annotated[str | None, typer.Option(help="Where the run writes (default: <home>/train/<train id>).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Do not resume this run's last checkpoint.")] = False,
+    result_json: Annotated[Path | None, typer.Option(help="Write the run's result here as JSON (for flows).", hidden=True)] = None,
+    events: Annotated[bool, typer.Option("--events", help="Print a medhall-event JSON line per logging step.", hidden=True)] = False,
 ) -> None:
     """LoRA fine-tuning (sft) or preference tuning (dpo) of a VLM on a built dataset, resumable.
     On several GPUs: `accelerate launch --config_file ... -m medhall.train DATASET --base ...`."""
@@ -301,20 +303,36 @@ def train(
     except (OSError, ValueError) as e:
         _fail(_short(e))
     try:
-        res = run_training(_store(), cfg, resume=not fresh)
+        hooks = []
+        if events:
+            from medhall.train.launch import events_callback
+
+            hooks.append(events_callback())
+        res = run_training(_store(), cfg, resume=not fresh, callbacks=hooks)
     except (DataError, EncodeError, ModelError, TrainError) as e:
         _fail(str(e), 1)
     if res.adapter_dir is None:  # not the main process of a distributed run
         return
+    if result_json is not None:
+        from dataclasses import asdict
+
+        from medhall import atomic
+
+        atomic.write_bytes(result_json, json.dumps(asdict(res), default=str, indent=2).encode())
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(res.skipped.items())) or "none"
     what = "examples" if cfg.method == "sft" else "preference pairs (rejected answers: " + ", ".join(
         f"{k} {v}" for k, v in sorted(res.extras.get("rejected_sources", {}).items())) + ")"
-    console.print(f"[bold]{res.train_id}[/]: {cfg.method} on {res.examples} {what}, {res.steps} steps"
-                  + (f" (resumed from {Path(res.resumed_from).name})" if res.resumed_from else "")
-                  + f", loss {res.train_loss:.4f}, {res.seconds:.1f} s")
+    loss = f"loss {res.train_loss:.4f}" if res.train_loss is not None else "no loss"
+    if res.status == "already_trained":
+        console.print(f"[bold]{res.train_id}[/]: already trained ({cfg.method} on {res.examples} {what}, {res.steps} "
+                      f"steps, {loss}); --fresh trains it again")
+    else:
+        console.print(f"[bold]{res.train_id}[/]: {cfg.method} on {res.examples} {what}, {res.steps} steps"
+                      + (f" (resumed from {Path(res.resumed_from).name})" if res.resumed_from else "")
+                      + f", {loss}, {res.seconds:.1f} s")
     console.print(f"skipped QA pairs: {skipped}; truncated examples: {res.truncated}")
     console.print(f"adapter: {res.adapter_dir}" + (f"\nmerged:  {res.merged_dir}" if res.merged_dir else ""))
-    console.print(f"curves:  {res.extras['tables']['png']}")
+    console.print(f"curves:  {res.extras['png']}")
     console.print(f"evaluate it: medhall evaluate {dataset if not dataset.endswith('.json') else 'DATASET'} --model local_vlm --path {res.extras['base_path']} "
                   f"--adapter {res.adapter_dir}")
 

@@ -115,10 +115,9 @@ def plot_report(report: pa.Table, path: str | os.PathLike[str], title: str = "Me
     """Grouped bars with 95 % intervals (overall breakdown): the judge axes (1-10) in one
     panel, the text metrics (0-1) in another; one bar per (model, kind). Several models (e.g.
     two reports concatenated) are drawn side by side. Written as PNG."""
-    import matplotlib
+    from medhall.report.figures import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in report.to_pylist() if r["breakdown"] == "overall" and r["mean"] is not None]
     measures = _measures(rows)
@@ -138,13 +137,7 @@ def plot_report(report: pa.Table, path: str | os.PathLike[str], title: str = "Me
         ax.set_ylim(0, 10 if panel[0] in AXES else 1)
         ax.set_ylabel("mean score (1-10)" if panel[0] in AXES else "mean (0-1)")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return out
+    return save(fig, path, title)
 
 
 

@@ -32,10 +32,9 @@ def dataset_stats(images: pa.Table, instructions: pa.Table | None = None) -> pa.
 
 def plot_stats(stats: pa.Table, path: str | os.PathLike[str], title: str = "Dataset statistics") -> Path:
     """Horizontal bar charts, one panel per dimension with more than one value; written as PNG."""
-    import matplotlib
+    from medhall.report.figures import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = stats.to_pylist()
     dims = [d for d in dict.fromkeys(r["dimension"] for r in rows) if d not in ("images", "instructions")]
@@ -49,10 +48,4 @@ def plot_stats(stats: pa.Table, path: str | os.PathLike[str], title: str = "Data
         ax.set_xlabel("count")
         for y, (_, c) in enumerate(pairs):
             ax.text(c, y, f" {c}", va="center", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return out
+    return save(fig, path, title)

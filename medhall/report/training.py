@@ -12,10 +12,9 @@ PANELS = (("loss", "training loss"), ("learning_rate", "learning rate"), ("rewar
 
 def plot_curves(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], title: str = "Training") -> Path:
     """One panel per logged metric of :data:`PANELS`, value by optimizer step."""
-    import matplotlib
+    from medhall.report.figures import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     series: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
@@ -31,13 +30,7 @@ def plot_curves(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str],
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return out
+    return save(fig, path, title)
 
 
 __all__ = ["plot_curves"]

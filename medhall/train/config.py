@@ -70,7 +70,8 @@ class TrainConfig(BaseModel):
     method: Literal["sft", "dpo"] = Field("sft", description="sft: supervised LoRA fine-tuning (the paper); "
                                           "dpo: preference tuning on chosen/rejected answers to the negative questions.")
     lora: LoRASettings = Field(default_factory=LoRASettings, description="The LoRA adapter.")
-    freeze_vision: bool = Field(True, description="Keep the vision tower frozen (no LoRA there, no full training).")
+    freeze_vision: bool = Field(True, description="Keep the vision tower frozen (the paper, LLaVA's recipe); false: "
+                                "train it in full beside the adapter (saved with it; much larger).")
     train_projector: bool = Field(True, description="Train the vision-language projector in full (saved with the "
                                   "adapter), as LLaVA's LoRA recipe does; false: keep it frozen.")
     # -- optimisation --------------------------------------------------------------------------

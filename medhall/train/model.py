@@ -22,6 +22,14 @@ PROJECTORS: dict[str, str] = {
     "qwen2_5_vl": "merger",
     "internvl": "multi_modal_projector",
 }
+#: The vision tower of each family (trained in full when ``freeze_vision`` is false; Qwen's
+#: ``visual`` holds its ``merger`` projector, so it is then trained with it).
+VISION_TOWERS: dict[str, str] = {
+    "llava": "vision_tower",
+    "qwen2_vl": "visual",
+    "qwen2_5_vl": "visual",
+    "internvl": "vision_tower",
+}
 TINY = {"llava": "llava", "qwen2-vl": "qwen2_vl", "qwen2_vl": "qwen2_vl", "qwen2.5-vl": "qwen2_5_vl",
         "qwen2_5_vl": "qwen2_5_vl", "internvl": "internvl"}
 ADAPTER_META = "medhall_adapter.json"
@@ -40,9 +48,22 @@ def resolve_base(base: str, home: Path) -> str:
         raise ModelError(f"unknown tiny model {base!r}; use one of: {', '.join('tiny:' + k for k in ('llava', 'qwen2-vl', 'qwen2.5-vl', 'internvl'))}")
     out = home / "models" / f"tiny-{family}"
     if not (out / "config.json").exists():
+        import os
+        import shutil
+        import tempfile
+
         from medhall.infer.tiny import build_tiny
 
-        build_tiny(family, out)
+        # built aside and renamed into place: processes of one launch may all get here at once
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tiny-{family}-", dir=out.parent))
+        build_tiny(family, tmp / "model")
+        try:
+            os.rename(tmp / "model", out)
+        except OSError:  # another process renamed its copy first
+            if not (out / "config.json").exists():
+                raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
 
 
@@ -96,7 +117,7 @@ def load_for_training(cfg: TrainConfig, path: str, family: str, device: str) -> 
     lora = cfg.lora.resolved()
     peft_cfg = LoraConfig(
         r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["target_modules"],
-        modules_to_save=[PROJECTORS[family]] if cfg.train_projector else None, task_type="CAUSAL_LM",
+        modules_to_save=trained_in_full(cfg, family) or None, task_type="CAUSAL_LM",
     )
     # LoRA's A matrices start random: seed them with cfg.seed (the trainer seeds only after the
     # model is built), so a run is reproducible and 1 process or N start from the same weights.
@@ -106,6 +127,16 @@ def load_for_training(cfg: TrainConfig, path: str, family: str, device: str) -> 
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()
     return model, processor
+
+
+def trained_in_full(cfg: TrainConfig, family: str) -> list[str]:
+    """Modules trained in full beside the LoRA adapter (peft ``modules_to_save``): the projector
+    (``train_projector``) and the vision tower (``freeze_vision=false``)."""
+    full = [] if cfg.freeze_vision else [VISION_TOWERS[family]]
+    inside = not cfg.freeze_vision and PROJECTORS[family] == "merger"  # Qwen: visual.merger
+    if cfg.train_projector and not inside:
+        full.append(PROJECTORS[family])
+    return full
 
 
 def write_metadata(adapter_dir: Path, meta: dict[str, Any]) -> Path:
@@ -136,5 +167,5 @@ def merge(base_path: str, adapter_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-__all__ = ["ADAPTER_META", "PROJECTORS", "ModelError", "base_identity", "family_of", "load_for_training", "merge",
+__all__ = ["ADAPTER_META", "PROJECTORS", "VISION_TOWERS", "ModelError", "trained_in_full", "base_identity", "family_of", "load_for_training", "merge",
            "read_metadata", "resolve_base", "write_metadata"]

@@ -122,7 +122,7 @@ def training_args(cfg: TrainConfig, out_dir: Path, device: str) -> Any:
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
         report_to="none", remove_unused_columns=False, include_num_input_tokens_seen="all",
         dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch", logging_nan_inf_filter=False,
-        **extra,
+        ddp_find_unused_parameters=False, **extra,
     )
 
 
@@ -151,6 +151,11 @@ def run_training(store: ArtifactStore, cfg: TrainConfig, *, resume: bool = True,
     train_id = content_id("trn", cfg.method, identity, data.fingerprint, cfg.identity())
     out = Path(cfg.output_dir) if cfg.output_dir else store.root / "train" / train_id
     out.mkdir(parents=True, exist_ok=True)
+    done = finished(out, train_id) if resume else None
+    if done is not None:
+        if cfg.merge and done.merged_dir is None:
+            done.merged_dir = models.merge(base_path, done.adapter_dir, out / "merged")
+        return done
     device = _device()
     model, processor = models.load_for_training(cfg, base_path, family, device)
     encoder = Encoder(processor, max_length=cfg.max_length, overflow=cfg.overflow)
@@ -184,24 +189,47 @@ def run_training(store: ArtifactStore, cfg: TrainConfig, *, resume: bool = True,
                              f"(now {cfg.max_length})") from None
         raise
     steps, loss = trainer.state.global_step, result.training_loss
+    status = "completed" if cfg.max_steps < 0 else "stopped"
     adapter_dir = merged_dir = None
+    # every rank takes part (FSDP / ZeRO-3 gather the sharded weights); rank 0 writes
+    trainer.save_model(str(out / "adapter"))
     if trainer.is_world_process_zero():
         adapter_dir = out / "adapter"
-        trainer.model.save_pretrained(adapter_dir)
         models.write_metadata(adapter_dir, {
             "train_id": train_id, "method": cfg.method, "base_model": cfg.base, "base_path": base_path,
             "base_identity": identity, "family": family, "data": {**data.source, "fingerprint": data.fingerprint},
-            "config": cfg.model_dump(mode="json"), "steps": steps,
+            "config": cfg.model_dump(mode="json"), "steps": steps, "train_loss": loss, "examples": len(examples),
+            "skipped": skipped, "truncated": report.truncated, "status": status,
+            "rejected_sources": dict(getattr(data, "rejected_sources", {})) or None,
         })
         if cfg.merge:
             merged_dir = models.merge(base_path, adapter_dir, out / "merged")
     res = TrainResult(train_id, out, adapter_dir, merged_dir, steps, loss, len(examples), skipped, report.truncated,
-                      time.perf_counter() - t0, "completed" if cfg.max_steps < 0 else "stopped",
+                      time.perf_counter() - t0, status,
                       resumed_from=str(last) if last else None, extras={"base_path": base_path})
     if cfg.method == "dpo":
         res.extras["rejected_sources"] = dict(data.rejected_sources)
     if trainer.is_world_process_zero():
         res.extras["tables"] = record(store, cfg, res, family, identity, data, started, base_path)
+        res.extras["png"] = res.extras["tables"]["png"]
+    return res
+
+
+def finished(out: Path, train_id: str) -> TrainResult | None:
+    """The result of run ``train_id`` when its adapter in ``out`` is complete (asked again, a
+    finished run is not trained again: ``--fresh`` retrains it); else None."""
+    from medhall.train.model import read_metadata
+
+    adapter = out / "adapter"
+    meta = read_metadata(adapter) if adapter.is_dir() else None
+    if not meta or meta.get("train_id") != train_id or "examples" not in meta:
+        return None
+    merged = out / "merged"
+    res = TrainResult(train_id, out, adapter, merged if (merged / "config.json").exists() else None, meta["steps"],
+                      meta.get("train_loss"), meta["examples"], meta.get("skipped") or {}, meta.get("truncated", 0),
+                      0.0, "already_trained", extras={"base_path": meta["base_path"], "png": str(out / "loss.png")})
+    if meta.get("rejected_sources"):
+        res.extras["rejected_sources"] = meta["rejected_sources"]
     return res
 
 
@@ -230,4 +258,4 @@ def record(store: ArtifactStore, cfg: TrainConfig, res: TrainResult, family: str
     return {"train_runs": runs.name, "train_metrics": curves.name, "png": str(png)}
 
 
-__all__ = ["TrainError", "TrainResult", "read_metrics", "record", "run_training", "training_args"]
+__all__ = ["TrainError", "TrainResult", "finished", "read_metrics", "record", "run_training", "training_args"]

@@ -76,6 +76,29 @@ def test_the_loss_on_a_fixed_batch_falls_and_the_lora_weights_change(store, tiny
     assert not any("vision_tower" in k or ".visual.blocks" in k for k in weights)  # the vision tower stays frozen
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_an_unfrozen_vision_tower_is_trained_and_saved_with_the_adapter(store, tiny_bases, tmp_path, family) -> None:
+    from safetensors.torch import load_file
+
+    from medhall.train.trainer import run_training
+
+    res = run_training(store, config(tmp_path, tiny_bases[family], "freeze_vision=false", max_steps=2,
+                                     learning_rate=1e-2))
+    tower = "vision_tower" if family == "llava" else "visual"
+    saved = {k: w for k, w in adapter_weights(res.adapter_dir).items() if f".{tower}." in k}
+    assert saved
+    base = load_file(str(next(Path(tiny_bases[family]).glob("*.safetensors"))))
+    changed = [k for k, w in saved.items() if (b := base.get(_base_key(k, base))) is not None and not torch.equal(w, b)]
+    assert changed  # trained, not only copied
+
+
+def _base_key(adapter_key: str, base: dict) -> str | None:
+    """The base checkpoint's key of an adapter's full-module weight (peft's modules_to_save copy)."""
+    tail = adapter_key.replace("base_model.model.", "").replace("modules_to_save.default.", "")
+    tail = tail.split("vision_tower.", 1)[-1] if "vision_tower." in tail else tail.split("visual.", 1)[-1]
+    return next((k for k in base if k.endswith(tail)), None)
+
+
 def test_the_adapter_reloads_in_the_evaluation_runner_and_answers_like_the_merged_model(store, tiny_bases, tmp_path) -> None:
     from medhall.infer.base import Query
     from medhall.infer.local_vlm import LocalVLM

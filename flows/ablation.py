@@ -74,7 +74,8 @@ def ablation(
                  "device": "auto"}
         out = evaluate_model(dataset=dataset, model=model, model_name=name, judge=judge,
                              baseline_model=base_name if judge is not None and name != base_name else None,
-                             split=evaluation.split, metrics=list(evaluation.metrics), max_questions=evaluation.max_questions)
+                             split=evaluation.split, metrics=list(evaluation.metrics), max_questions=evaluation.max_questions,
+                             compare_with=base_name if name != base_name else None)
         return out["report"]["csv"]
 
     print(f"ablation of {base} on {dataset}: base + {len(chosen)} arm(s): {', '.join(chosen)}")

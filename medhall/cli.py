@@ -257,6 +257,10 @@ def evaluate(
     elif model == "api":
         spec.update(llm={"model": api_model, "base_url": api_url})
     judge = LLMSettings(base_url=judge_url, model=judge_model) if (judge_url or judge_model) else None
+    if adapter and path and compare_with is None:  # a fine-tuned model beside its base (the paper's "+MedHallTune")
+        from medhall.infer.local_vlm import default_name
+
+        compare_with = default_name(path[0], None)
     try:
         cfg = EvalConfig(dataset=dataset, split=None if split == "all" else split, model=MODEL_SPEC.validate_python(spec),
                          model_name=model_name, judge=judge, baseline_model=baseline, max_questions=max_questions)

@@ -19,6 +19,7 @@ torch, transformers and peft are imported when the model is first loaded.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -340,10 +341,24 @@ def placeholder_strings(processor: Any) -> tuple[str, ...]:
     return tuple(sorted(s for s in found if isinstance(s, str) and s))
 
 
+#: The metadata medhall writes beside an adapter it trained (:mod:`medhall.train.model`).
+ADAPTER_META = "medhall_adapter.json"
+
+
 def default_name(model_path: str | Path, adapter_path: str | Path | None) -> str:
-    """The checkpoint's last path part, ``+<adapter dir>`` when an adapter is applied."""
+    """The checkpoint's last path part, ``+<adapter>`` when an adapter is applied: for one medhall
+    trained, its method, subset and run (``+sft-full-8a6c09e9``: every such folder is called
+    ``adapter``), else the adapter folder's name."""
     name = Path(str(model_path).rstrip("/")).name
-    return f"{name}+{Path(str(adapter_path).rstrip('/')).name}" if adapter_path else name
+    if not adapter_path:
+        return name
+    meta_path = Path(adapter_path) / ADAPTER_META
+    try:
+        meta = json.loads(meta_path.read_text())
+        subset = (meta.get("data") or {}).get("subset") or "data"
+        return f"{name}+{meta['method']}-{subset}-{str(meta['train_id']).removeprefix('trn_')[:8]}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{name}+{Path(str(adapter_path).rstrip('/')).name}"
 
 
 def resolve_device(device: str) -> str:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medhall.infer.local_vlm import ADAPTER_META
 from medhall.train.config import TrainConfig
 
 #: Families medhall trains, and the vision-language projector of each (trained in full with
@@ -32,7 +33,6 @@ VISION_TOWERS: dict[str, str] = {
 }
 TINY = {"llava": "llava", "qwen2-vl": "qwen2_vl", "qwen2_vl": "qwen2_vl", "qwen2.5-vl": "qwen2_5_vl",
         "qwen2_5_vl": "qwen2_5_vl", "internvl": "internvl"}
-ADAPTER_META = "medhall_adapter.json"
 
 
 class ModelError(ValueError):

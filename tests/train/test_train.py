@@ -116,6 +116,8 @@ def test_the_adapter_reloads_in_the_evaluation_runner_and_answers_like_the_merge
         assert answer.error is None
         return answer.text
 
+    # every adapter folder is called "adapter": the runner names the model by method, data and run
+    assert LocalVLM(tiny_bases["llava"], adapter_path=res.adapter_dir).name == f"llava+sft-file-{res.train_id[4:12]}"
     tuned = say(model_path=tiny_bases["llava"], adapter_path=res.adapter_dir)
     assert tuned == say(model_path=res.merged_dir)
     assert tuned != say(model_path=tiny_bases["llava"])

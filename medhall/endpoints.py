@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medhall.config import get_settings
 
@@ -27,14 +27,42 @@ class LLMSettings(BaseModel):
     requests_per_min: float | None = Field(None, description="Token-bucket limit on requests per minute.")
     tokens_per_min: float | None = Field(None, description="Token-bucket limit on tokens per minute.")
     max_cost_usd: float | None = Field(None, description="Budget cap: calls that could exceed it are not sent.")
-    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds one attempt may take before it is abandoned (and retried).")
+    max_attempts: int = Field(4, ge=1, le=20, description="Attempts per request, the first included (rate limits, "
+                              "5xx, timeouts and dropped connections are retried; 400/401/403/404/422 are not).")
+    max_retry_after_s: float = Field(60.0, ge=0, description="The longest a server's Retry-After is honoured "
+                                     "(longer asks are capped and logged).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        from medhall.llm.backends.openai_compat import check_url
+        from medhall.llm.errors import ConfigError
+
+        try:
+            return check_url(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
     def resolved_model(self) -> str | None:
         return self.model or (get_settings().llm_model if self.backend == "openai" else None)
 
+    def resolved_url(self) -> str | None:
+        """The endpoint without credentials (None for a local model)."""
+        if self.backend != "openai":
+            return None
+        import os
+
+        from medhall.llm.backends.openai_compat import check_url, redacted_url
+
+        url = self.base_url or get_settings().llm_base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        return redacted_url(check_url(url) or "")
+
     def identity(self) -> dict[str, object]:
-        """What decides the answers (part of cache and shard keys): backend, model, text mode."""
-        return {"backend": self.backend, "model": self.resolved_model(), "text_only": self.text_only}
+        """What decides the answers (part of cache and shard keys, and of a judge's identity):
+        backend, endpoint, model, text mode."""
+        return {"backend": self.backend, "endpoint": self.resolved_url(), "model": self.resolved_model(),
+                "text_only": self.text_only}
 
 
 def make_client(settings: LLMSettings, *, run_id: str | None = None, home=None):
@@ -54,5 +82,6 @@ def make_client(settings: LLMSettings, *, run_id: str | None = None, home=None):
     return LLMClient(
         backend, cache=cache, run_id=run_id, max_concurrency=settings.concurrency,
         requests_per_min=settings.requests_per_min, tokens_per_min=settings.tokens_per_min,
-        request_timeout_s=settings.timeout_s, max_cost_usd=settings.max_cost_usd,
+        request_timeout_s=settings.timeout_s, max_cost_usd=settings.max_cost_usd, max_attempts=settings.max_attempts,
+        max_retry_after_s=settings.max_retry_after_s,
     )

@@ -103,6 +103,6 @@ def llm_server() -> Iterator[Any]:
 def server(llm_server: Any) -> Any:
     """The session server, reset: no latency, no faults, any key accepted, counts zeroed."""
     llm_server.configure(latency=0.0, fault_rate=0.0, api_key=None, json_schema=True, retry_after="0.05",
-                         hang_s=30.0, responder=None)
+                         hang_s=30.0, responder=None, response_formats=None, format_status=400, model_info=None)
     llm_server.reset()
     return llm_server

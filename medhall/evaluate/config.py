@@ -188,7 +188,8 @@ def judge_identity(cfg: EvalConfig, client: Any = None) -> dict[str, Any] | None
         return None
     from medhall.evaluate.judge import load_rubric
 
-    llm = cfg.judge.identity() if client is None else {"backend": client.backend.name, "model": client.backend.model}
+    llm = cfg.judge.identity() if client is None else {"backend": client.backend.name, "model": client.backend.model,
+                                                       "endpoint": getattr(client.backend, "endpoint", None)}
     return {"llm": llm, "rubric": load_rubric(cfg.rubric_version).hash, "baseline": cfg.baseline_model,
             "max_tokens": cfg.judge_max_tokens, "attempts": cfg.judge_attempts}
 

@@ -65,8 +65,11 @@ def schema_json(schema: type) -> str:
     return canonical_json(schema.model_json_schema())
 
 
-def request_key(request: ChatRequest, *, backend: str, model: str, schema: type | None = None) -> str:
-    """SHA-256 hex of the canonical request: the cache key and the ledger's ``call_id``."""
+def request_key(request: ChatRequest, *, backend: str, model: str, schema: type | None = None,
+                endpoint: Mapping[str, Any] | None = None) -> str:
+    """SHA-256 hex of the canonical request: the cache key and the ledger's ``call_id``.
+    ``endpoint``: where it goes (URL without credentials, the model the server reports), so two
+    servers, or one server with another model under the same name, never share answers."""
     payload = {
         "backend": backend,
         "model": model,
@@ -79,6 +82,8 @@ def request_key(request: ChatRequest, *, backend: str, model: str, schema: type 
         "schema": schema_json(schema) if schema is not None else None,
         "template_hash": request.template_hash,
     }
+    if endpoint is not None:
+        payload["endpoint"] = dict(endpoint)
     return sha256_hex(canonical_json(payload))
 
 

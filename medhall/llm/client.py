@@ -13,8 +13,20 @@ Every call, whatever the backend, goes through :meth:`LLMClient.acomplete`:
    other caller). Other errors (400, 401, 403, 404) fail at once with a clear reason.
 4. ``finish_reason == "length"`` is a failure (``truncated``). With a pydantic ``schema`` the
    reply is validated; an invalid reply gets one repair request, then fails with its raw text.
-5. The ledger row (and the response, when cacheable) is committed before the result is
-   returned: a result reported done is on disk.
+5. The ledger row (and the response, when cacheable and valid) is committed before the result
+   is returned: a result reported done is on disk. Truncated and invalid replies are never
+   cached, and a cached reply that no longer validates is asked again: a re-run re-asks what
+   failed and pays nothing for what succeeded.
+
+Endpoints as they are: a schema goes as OpenAI's ``json_schema`` structured output; an endpoint
+that rejects it (llama.cpp answers 500, others 400/422) gets JSON mode with the schema in the
+prompt, then the schema in the prompt alone (the reply is validated here either way). What an
+endpoint accepts is learnt from its first refusal and remembered per endpoint beside the cache
+(``endpoints.json``). The endpoint (URL without credentials, and the model the server reports
+at ``/models``) is part of every cache key. A server's ``Retry-After`` is honoured up to
+``max_retry_after_s`` (logged when capped); after ``max_connection_failures`` connection
+failures in a row the client stops sending ("cannot reach URL") instead of retrying each
+request to its end.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import concurrent.futures
 import contextlib
 import functools
 import gc
+import json
 import logging
 import re
 import time
@@ -54,6 +67,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_TOKENS = 765  # a 1024x1024 image at high detail on GPT-4o
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.S)
+#: How a reply schema reaches an endpoint, best first (see the module doc).
+FORMAT_MODES = ("json_schema", "json_object", "prompt")
+SCHEMA_PROMPT = "Reply with one JSON object, and no other text, that matches this JSON schema:\n{schema}"
 REPAIR_PROMPT = ("Your reply could not be used: {error}\nReply again with only a JSON object that "
                  "matches this JSON schema, and no other text:\n{schema}")
 
@@ -77,6 +93,50 @@ def json_schema_format(schema: type[BaseModel]) -> dict[str, Any]:
     """``response_format`` asking an OpenAI-compatible server for JSON that fits ``schema``."""
     return {"type": "json_schema",
             "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()}}
+
+
+def with_schema(request: ChatRequest, schema: type[BaseModel], mode: str) -> ChatRequest:
+    """``request`` asking for ``schema`` the way ``mode`` says: ``json_schema`` (structured
+    output), ``json_object`` (JSON mode + the schema in the system message) or ``prompt`` (the
+    schema in the system message alone)."""
+    if mode == "json_schema":
+        return request.model_copy(update={"response_format": json_schema_format(schema)})
+    note = SCHEMA_PROMPT.format(schema=json.dumps(schema.model_json_schema(), separators=(",", ":")))
+    messages = list(request.messages)
+    if messages and messages[0].role == "system" and isinstance(messages[0].content, str):
+        messages[0] = Message.system(messages[0].content + "\n\n" + note)
+    else:
+        messages.insert(0, Message.system(note))
+    return request.model_copy(update={"messages": messages,
+                                      "response_format": {"type": "json_object"} if mode == "json_object" else None})
+
+
+class EndpointMemory:
+    """What each endpoint accepts (its schema mode), kept in a JSON file beside the cache."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.modes: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError):
+            self.modes = {}
+
+    def mode(self, endpoint: str) -> str:
+        return self.modes.get(endpoint, FORMAT_MODES[0])
+
+    def downgrade(self, endpoint: str, refused: str) -> str:
+        """The mode after ``refused`` (unchanged when another caller already moved past it)."""
+        current = self.mode(endpoint)
+        if FORMAT_MODES.index(current) <= FORMAT_MODES.index(refused) < len(FORMAT_MODES) - 1:
+            current = self.modes[endpoint] = FORMAT_MODES[FORMAT_MODES.index(refused) + 1]
+            log.warning("%s does not accept %s: asking it with %s from now on", endpoint, refused, current)
+            try:
+                from medhall import atomic
+
+                atomic.write_bytes(self.path, json.dumps(self.modes, indent=1, sort_keys=True).encode())
+            except OSError as e:  # remembering is an optimisation: the next run learns again
+                log.warning("could not remember %s's format in %s: %s", endpoint, self.path, e)
+        return current
 
 
 def validate_output(text: str, schema: type[BaseModel]) -> tuple[BaseModel | None, str | None]:
@@ -139,6 +199,7 @@ class _LoopState:
 
     semaphore: asyncio.Semaphore
     inflight: dict[str, asyncio.Future[ChatResult]] = field(default_factory=dict)
+    identity_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class LLMClient:
@@ -158,6 +219,8 @@ class LLMClient:
         prices: a PriceTable, a mapping of model -> {input, output} per 1M tokens, or a YAML/JSON path.
         max_cost_usd: budget cap; calls that could break it are not sent.
         tune_gc: make full garbage collections rarer while a batch runs (see :func:`quiet_gc`).
+        max_retry_after_s: the longest wait a server's Retry-After gets (longer asks are capped, logged).
+        max_connection_failures: connection failures in a row after which no request is sent.
     """
 
     def __init__(self, backend: Backend, *, cache: ResponseCache | str | Path | None = None,
@@ -166,8 +229,13 @@ class LLMClient:
                  tokens_per_min: float | None = None, max_attempts: int = 5, backoff_initial_s: float = 0.5,
                  backoff_max_s: float = 30.0, request_timeout_s: float | None = None,
                  prices: PriceTable | Mapping[str, Any] | str | Path | None = None,
-                 max_cost_usd: float | None = None, tune_gc: bool = True) -> None:
+                 max_cost_usd: float | None = None, tune_gc: bool = True, max_retry_after_s: float = 60.0,
+                 max_connection_failures: int = 8) -> None:
         self.backend = backend
+        self.max_retry_after_s = max_retry_after_s
+        self.max_connection_failures = max_connection_failures
+        self._connection_failures = 0
+        self.unreachable: str | None = None  # set once the circuit opens: every later attempt fails at once
         self.tune_gc = tune_gc
         self.cache = cache if isinstance(cache, ResponseCache) else ResponseCache(cache or default_cache_path())
         self.use_cache = use_cache
@@ -190,6 +258,9 @@ class LLMClient:
             retry=retry_if_exception(lambda e: isinstance(e, BackendError) and e.retryable),
             before_sleep=_log_retry)
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self.endpoints = EndpointMemory(self.cache.path.parent / "endpoints.json")
+        self._identity: dict[str, Any] | None = None
+        self._identity_known = False
 
     def __repr__(self) -> str:
         return (f"LLMClient(backend={self.backend!r}, cache={self.cache!r}, "
@@ -301,16 +372,40 @@ class LLMClient:
         except Exception as exc:  # a bug must not lose the request
             return _internal_failure("", exc)
 
+    async def _endpoint_identity(self) -> dict[str, Any] | None:
+        """Where requests go (URL without credentials, the server's own model identity), asked
+        once; None for backends that are not endpoints (local, fake)."""
+        endpoint = getattr(self.backend, "endpoint", None)
+        if endpoint is None:
+            return None
+        state = self._state()
+        async with state.identity_lock:
+            if not self._identity_known:
+                probe = getattr(self.backend, "server_model", None)
+                server = await probe() if probe is not None else None
+                self._identity = {"url": endpoint, **({"server_model": server} if server else {})}
+                self._identity_known = True
+        return self._identity
+
     async def _call(self, request: ChatRequest, schema: type[BaseModel] | None) -> ChatResult:
+        """One request, in the schema mode the endpoint accepts (learning it from a refusal)."""
         backend = self.backend
-        updates: dict[str, Any] = {}
         if request.model is None:
-            updates["model"] = backend.model
-        if schema is not None and backend.supports_json_schema and request.response_format is None:
-            updates["response_format"] = json_schema_format(schema)
-        if updates:
-            request = request.model_copy(update=updates)
-        key = request_key(request, backend=backend.name, model=request.model or backend.model, schema=schema)
+            request = request.model_copy(update={"model": backend.model})
+        if schema is None or request.response_format is not None or not backend.supports_json_schema:
+            return await self._call_once(request, schema)
+        endpoint = getattr(backend, "endpoint", None) or backend.name
+        while True:
+            mode = self.endpoints.mode(f"{endpoint}|{request.model}")
+            result = await self._call_once(with_schema(request, schema, mode), schema)
+            if result.error_kind != "unsupported_format" or mode == FORMAT_MODES[-1]:
+                return result
+            self.endpoints.downgrade(f"{endpoint}|{request.model}", mode)
+
+    async def _call_once(self, request: ChatRequest, schema: type[BaseModel] | None) -> ChatResult:
+        backend = self.backend
+        key = request_key(request, backend=backend.name, model=request.model or backend.model, schema=schema,
+                          endpoint=await self._endpoint_identity())
         started = time.time()
         cacheable = self.use_cache and (request.cache if request.cache is not None
                                         else request.deterministic or self.cache_nondeterministic)
@@ -321,7 +416,8 @@ class LLMClient:
             return await self._served(request, key, await asyncio.shield(waiter), started)
         if (hit := self.cache.get(key)) is not None:
             result = self._result(key, hit, schema, attempts=0, latency=0.0, cost=0.0, cached=True)
-            return await self._served(request, key, result, started)
+            if result.ok:  # a stored reply that no longer validates (a changed schema) is asked again
+                return await self._served(request, key, result, started)
         future = asyncio.get_running_loop().create_future()
         state.inflight[key] = future
         try:
@@ -354,17 +450,16 @@ class LLMClient:
             self._reserved_usd -= ticket.reserved
         latency = time.perf_counter() - t0
         if response is None:
-            refused = error is not None and error.kind == "budget"
-            result = ChatResult(call_id=key, status="budget_exceeded" if refused else "failed", error=str(error),
-                                error_kind=getattr(error, "kind", None), attempts=0 if refused else attempts,
-                                latency_s=latency)
+            budget = error is not None and error.kind == "budget"
+            result = ChatResult(call_id=key, status="budget_exceeded" if budget else "failed", error=str(error),
+                                error_kind=getattr(error, "kind", None), attempts=attempts, latency_s=latency)
             await self._record(request, result, started)
             return result
         self.limiter.refund(ticket.tokens - response.prompt_tokens - response.completion_tokens)
         cost = self.prices.cost(model, response.prompt_tokens, response.completion_tokens)
         self.spent_usd += cost
         result = self._result(key, response, schema, attempts=attempts, latency=latency, cost=cost, cached=False)
-        store = cacheable and response.finish_reason != "length"
+        store = cacheable and result.ok  # truncated or invalid replies are never served again
         await self._record(request, result, started, response if store else None)
         return result
 
@@ -402,7 +497,7 @@ class LLMClient:
                 "no further calls are sent (completed results are saved; raise max_cost_usd and re-run)")
             self._refused_cap = self.max_cost_usd
             log.warning(self.budget_error)
-        raise BackendError(self.budget_error, kind="budget", retryable=False)
+        raise BackendError(self.budget_error, kind="budget", retryable=False, sent=False)
 
     async def _attempts(self, request: ChatRequest,
                         ticket: _Ticket) -> tuple[BackendResponse | None, int, BackendError | None]:
@@ -414,33 +509,55 @@ class LLMClient:
                     attempts += 1
                     response = await self._attempt(request, ticket)
         except BackendError as exc:
-            return None, attempts, exc
+            return None, attempts - (not exc.sent), exc
         return response, attempts, None
 
     async def _attempt(self, request: ChatRequest, ticket: _Ticket) -> BackendResponse:
         async with self._state().semaphore:
+            if self.unreachable is not None:  # refused before sending: not an attempt
+                raise BackendError(self.unreachable, kind="unreachable", retryable=False, sent=False)
             if not ticket.checked:  # in the slot, so only calls about to be sent hold reservations
                 self._reserve(ticket)
             await self.limiter.acquire(ticket.tokens)
             try:
                 if self.request_timeout_s is None:
-                    return await self.backend.complete(request)
-                async with asyncio.timeout(self.request_timeout_s):
-                    return await self.backend.complete(request)
+                    response = await self.backend.complete(request)
+                else:
+                    async with asyncio.timeout(self.request_timeout_s):
+                        response = await self.backend.complete(request)
+                self._connection_failures = 0
+                return response
             except TimeoutError:
                 raise BackendError(f"no answer within {self.request_timeout_s:g}s", kind="timeout") from None
             except BackendError as exc:
                 if exc.kind == "rate_limit":
-                    self.limiter.pause(exc.retry_after if exc.retry_after is not None else self._default_pause)
+                    self.limiter.pause(self._capped(exc.retry_after) if exc.retry_after is not None
+                                       else self._default_pause)
+                elif exc.kind == "connection":
+                    self._connection_failures += 1
+                    if self._connection_failures >= self.max_connection_failures:
+                        if self.unreachable is None:
+                            where = getattr(self.backend, "endpoint", None) or self.backend.name
+                            self.unreachable = (f"cannot reach {where}: {self._connection_failures} connection "
+                                                "attempts failed in a row (is the server running, and the URL right?)")
+                            log.error(self.unreachable)
+                        raise BackendError(self.unreachable, kind="unreachable", retryable=False) from None
                 raise
             except Exception as exc:
                 raise BackendError(f"{self.backend.name} backend error: {type(exc).__name__}: {exc}"[:300],
                                    kind="backend", retryable=False) from None
 
+    def _capped(self, retry_after: float) -> float:
+        if retry_after > self.max_retry_after_s:
+            log.warning("the server asked to wait %.0f s before retrying; waiting %.0f s (max_retry_after_s)",
+                        retry_after, self.max_retry_after_s)
+            return self.max_retry_after_s
+        return retry_after
+
     def _wait(self, state: RetryCallState) -> float:
-        """Exponential backoff with jitter, at least the server's Retry-After."""
+        """Exponential backoff with jitter, at least the server's Retry-After (capped)."""
         exc = state.outcome.exception() if state.outcome else None
-        retry_after = getattr(exc, "retry_after", None) or 0.0
+        retry_after = self._capped(getattr(exc, "retry_after", None) or 0.0)
         return max(self._backoff(state), retry_after)
 
     async def _record(self, request: ChatRequest, result: ChatResult, started: float,

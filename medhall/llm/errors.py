@@ -21,12 +21,14 @@ class BackendError(LLMError):
     """One failed attempt, classified.
 
     ``kind`` is one of rate_limit, server, timeout, connection, malformed (retried) or
-    auth, permission, not_found, bad_request, unsupported, refused, backend, budget (not retried).
+    auth, permission, not_found, bad_request, unsupported, unsupported_format, refused, backend,
+    budget, unreachable (not retried).
     """
 
     def __init__(self, message: str, *, kind: str, status: int | None = None,
-                 retry_after: float | None = None, retryable: bool | None = None) -> None:
+                 retry_after: float | None = None, retryable: bool | None = None, sent: bool = True) -> None:
         super().__init__(message)
+        self.sent = sent  # False: refused before the request left (budget, an unreachable endpoint)
         self.kind = kind
         self.status = status
         self.retry_after = retry_after

@@ -59,6 +59,13 @@ class Config:
     hang_s: float = 30.0
     api_key: str | None = None
     json_schema: bool = True
+    #: response_format types accepted (None: every one, when json_schema is true); a refused one
+    #: gets ``format_status`` with the message llama.cpp / vLLM give ("... json_schema ...").
+    response_formats: list[str] | None = None
+    format_status: int = 400
+    #: what ``GET /v1/models`` reports for the served model (None: the route answers 404, as
+    #: on servers without it); e.g. {"root": "/models/a.gguf", "meta": {"n_params": 7}}.
+    model_info: dict[str, Any] | None = None
     seed: int = 0
     #: "medhall": answer medhall's generation / QC prompts with valid JSON
     #: (:func:`medhall.testing.scripted_reply`); other prompts get the usual echo.
@@ -83,6 +90,7 @@ class State:
         self.by_prompt: dict[str, Counts] = defaultdict(Counts)
         self.total = 0
         self.response_formats = 0
+        self.format_types: dict[str, int] = {}
         self.images = 0
         self.last_body: dict[str, Any] = {}
 
@@ -91,6 +99,7 @@ class State:
             "total": self.total,
             "served": sum(c.served for c in self.by_body.values()),
             "response_formats": self.response_formats,
+            "format_types": self.format_types,
             "images": self.images,
             "last_body": self.last_body,
             "by_body": {k: asdict(v) for k, v in self.by_body.items()},
@@ -162,6 +171,10 @@ class App:
             return 200, {}, json.dumps(asdict(self.state.config)).encode()
         if method == "POST" and path.endswith("/chat/completions"):
             return await self.chat(headers, raw)
+        if method == "GET" and path.endswith("/models") and self.state.config.model_info is not None:
+            entry = {"id": "test-model", "object": "model", "created": int(time.time()), "owned_by": "local",
+                     **self.state.config.model_info}
+            return 200, {}, json.dumps({"object": "list", "data": [entry]}).encode()
         return 404, {}, json.dumps(_error(f"no route {path}", "not_found")).encode()
 
     async def chat(self, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, str], bytes] | None:
@@ -183,8 +196,13 @@ class App:
             return 401, {}, json.dumps(_error(msg, "invalid_api_key")).encode()
         if body.get("response_format"):
             st.response_formats += 1
+            kind = body["response_format"].get("type")
+            st.format_types[kind] = st.format_types.get(kind, 0) + 1
             if not cfg.json_schema:
                 return 400, {}, json.dumps(_error("response_format is not supported", "invalid_request")).encode()
+            if cfg.response_formats is not None and kind not in cfg.response_formats:
+                msg = f"Unsupported response_format type: {kind} (json_schema conversion failed)"
+                return cfg.format_status, {}, json.dumps(_error(msg, "server_error")).encode()
         directives = dict(DIRECTIVE.findall(prompt))
         scripted = [f for f in directives.get("fault", "").split(",") if f]
         fault = scripted[counts.attempts - 1] if counts.attempts <= len(scripted) else None

@@ -121,8 +121,6 @@ def test_server_without_json_schema_support(server: Any, make_client: Callable[.
                                             make_backend: Callable[..., OpenAICompatBackend]) -> None:
     server.configure(json_schema=False)
     prompt = '[[reply:{"verdict": "correct", "score": 9}]] judge'
-    (refused,) = make_client().run([ask(prompt)], Verdict, progress=False)
-    assert refused.error_kind == "bad_request" and "response_format" in (refused.error or "")
     (r,) = make_client(make_backend(supports_json_schema=False)).run([ask(prompt)], Verdict, progress=False)
     assert r.ok and r.parsed.score == 9
     assert "response_format" not in server.stats()["last_body"]

@@ -20,8 +20,10 @@ import asyncio
 import email.utils
 import json
 import os
+import re
 import time
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import SecretStr
 
@@ -29,6 +31,29 @@ from medhall.llm.errors import BackendError, ConfigError, scrub
 from medhall.llm.types import BackendResponse, ChatRequest, ImagePart, Message
 
 KEY_HINT = "check MEDHALL_LLM_API_KEY (or OPENAI_API_KEY)"
+#: What a server says when it rejects ``response_format`` (llama.cpp answers 500, vLLM and
+#: OpenAI 400 or 422): the client then falls back to a weaker format (see LLMClient).
+FORMAT_ERROR = re.compile(r"response_format|json_schema|json schema|schema|grammar|structured output|json_object", re.I)
+
+
+def check_url(url: str | None) -> str | None:
+    """``url``, refused when it carries credentials (keys come from the environment only)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    query = {k.lower() for k, _ in parse_qsl(parts.query)}
+    if parts.username or parts.password or query & {"key", "api_key", "apikey", "token", "access_token"}:
+        raise ConfigError("the base URL carries credentials: remove them from the URL and set "
+                          "MEDHALL_LLM_API_KEY (keys are read from the environment only)")
+    return url
+
+
+def redacted_url(url: str) -> str:
+    """scheme://host:port/path of ``url``: no credentials, no query (what identifies an endpoint)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
 NO_KEY = "no-key"  # local servers accept any key; the SDK insists on one
 
 
@@ -128,7 +153,7 @@ class OpenAICompatBackend:
                  supports_json_schema: bool = True, transport: Literal["httpx", "aiohttp"] = "httpx") -> None:
         if not model:
             raise ConfigError("no model: set MEDHALL_LLM_MODEL or pass model=")
-        self.base_url = base_url
+        self.base_url = check_url(base_url)
         self.model = model
         self._api_key = _resolve_key(api_key, base_url)
         self.timeout = timeout
@@ -154,6 +179,25 @@ class OpenAICompatBackend:
     @property
     def where(self) -> str:
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint without credentials: part of the cache key and of what a judge is."""
+        return redacted_url(check_url(self.where) or "")
+
+    async def server_model(self) -> dict[str, Any] | None:
+        """What the server reports about ``model`` at ``GET /models`` (id, root, owner, meta; not
+        ``created``, which some servers set per request), or None where it reports nothing."""
+        try:
+            async with asyncio.timeout(min(self.timeout, 10.0)):
+                raw = await self._client().get("/models", cast_to=bytes)
+            entries = json.loads(raw).get("data") or []
+        except Exception:  # noqa: BLE001 - an identity is a bonus: any failure means none
+            return None
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get("id") == self.model:
+                return {k: entry[k] for k in ("id", "root", "owned_by", "meta") if k in entry}
+        return None
 
     def _client(self) -> Any:
         """The SDK client of the running event loop (connection pools cannot cross loops)."""
@@ -207,12 +251,12 @@ class OpenAICompatBackend:
         try:
             raw = await self._client().post("/chat/completions", body=body, cast_to=bytes)
         except openai.APIError as exc:
-            error = self._classify(exc, body["model"])
+            error = self._classify(exc, body["model"], body.get("response_format"))
         if error is not None:  # raised outside the except block: no chained SDK exception
             raise error
         return parse_completion(raw, self.where)
 
-    def _classify(self, exc: Exception, model: str) -> BackendError:
+    def _classify(self, exc: Exception, model: str, response_format: dict[str, Any] | None = None) -> BackendError:
         """An SDK error as a BackendError whose message names the cause but never the key."""
         import openai
 
@@ -226,6 +270,9 @@ class OpenAICompatBackend:
             return BackendError(scrub(f"unexpected response from {where}: {exc}", secret)[:300], kind="malformed")
         status = exc.status_code
         detail = scrub(_server_message(exc), secret)[:200]
+        if response_format and status in (400, 422, 500, 501) and FORMAT_ERROR.search(detail):
+            return BackendError(f"{where} does not accept response_format {response_format.get('type')!r} "
+                                f"({status}): {detail}", kind="unsupported_format", status=status, retryable=False)
         if status == 401:
             return BackendError(f"authentication failed at {where} (401): {KEY_HINT}", kind="auth", status=401)
         if status == 403:

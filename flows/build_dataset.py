@@ -6,9 +6,16 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from medhall.build import DEFAULT_EXPORTS, BuildConfig
+from medhall.build import DEFAULT_EXPORTS, BuildConfig, IncompleteBuild
 from medhall.endpoints import LLMSettings
-from tasks.build import assemble_task, generate_shard_task, plan_task, split_export_task, stats_task
+from tasks.build import (
+    assemble_task,
+    generate_shard_task,
+    outcome_task,
+    plan_task,
+    split_export_task,
+    stats_task,
+)
 from tasks.common import configure_results
 
 
@@ -24,11 +31,14 @@ def build_dataset(
     shard_size: int = 1000,
     seed: int = 0,
     exports: list[str] = list(DEFAULT_EXPORTS),  # noqa: B006 (Prefect needs a plain default)
+    max_failed_share: float = 0.0,
 ) -> dict[str, Any]:
     """Generate hallucination (negative) and non-hallucination (positive) pairs for every image of
     ``source``, quality-control them, split by image and export. Killed and re-run, it redoes only
     unfinished shards; images added to the source are the only ones generated. API keys come from
-    the environment (MEDHALL_LLM_API_KEY), never from parameters."""
+    the environment (MEDHALL_LLM_API_KEY), never from parameters. The run ends Failed when it
+    produced nothing or more than ``max_failed_share`` of the images failed for good (default:
+    any), with the failures by reason; a re-run retries them."""
     configure_results()
     cfg = BuildConfig(
         source=source, dataset=dataset, generator=generator, questions_per_image=questions_per_image,
@@ -41,7 +51,12 @@ def build_dataset(
     tables = assemble_task(cfg, plan["work_dir"], plan["images_fingerprint"], plan["run_id"])
     exported = split_export_task(cfg, plan["run_id"])
     stats = stats_task(cfg)
-    return {"dataset": dataset, "run_id": plan["run_id"], "shards_run": len(plan["todo"]), **tables, **exported, "stats": stats}
+    done = outcome_task(cfg, max_failed_share)
+    print(done.summary())
+    if not done.ok:  # the run ends Failed, saying why; what it made is kept
+        raise IncompleteBuild(done.summary())
+    return {"dataset": dataset, "run_id": plan["run_id"], "shards_run": len(plan["todo"]), **tables, **exported,
+            "stats": stats, "outcome": {"pairs": done.pairs, "images": done.images, "failed": done.failed}}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from medhall import atomic, schema, shards
 from medhall.endpoints import LLMSettings
 from medhall.generate import OfflineConfig
-from medhall.ids import canonical_json, sha256_hex
+from medhall.ids import canonical_json, content_id, sha256_hex
 from medhall.shards import Shard
 from medhall.store import ArtifactStore
 
@@ -199,11 +199,27 @@ def generate_shard(
     verdicts = qc_pairs(store, cfg, pairs, images, run_id, client)
     errored = pc.is_in(pairs.column("qa_id"), verdicts.filter(pc.equal(verdicts.column("verdict"), "error")).column("qa_id"))
     failed |= set(pairs.filter(errored).column("image_id").to_pylist())
+    problems += qc_problems(pairs, verdicts, run_id)
     for p in problems:
         p["dataset"] = cfg.dataset
     outputs = {None: pairs, "qc": verdicts, "quarantine": schema.from_rows("quarantine", problems)}
     done = [k for k, i in zip(shard.keys, shard.ids, strict=True) if i not in failed]
     return shards.write(plan_dir, shard, outputs, done=done, failed=failed)
+
+
+def qc_problems(pairs: pa.Table, verdicts: pa.Table, run_id: str) -> list[dict[str, Any]]:
+    """A quarantine row per pair whose QC check could not decide (a failed or unparsable LLM
+    self-check): its image waits for the next run, and the reason is on record."""
+    from medhall.sources.base import clip_raw
+
+    errors = verdicts.filter(pc.equal(verdicts.column("verdict"), "error"))
+    if errors.num_rows == 0:
+        return []
+    image_of = dict(zip(pairs.column("qa_id").to_pylist(), pairs.column("image_id").to_pylist(), strict=True))
+    return [{"quarantine_id": content_id("qrn", "qc", r["check"], r["qa_id"]), "stage": "qc", "source": r["check"],
+             "record_ref": f"{r['qa_id']}#qc", "record_id": image_of.get(r["qa_id"]), "reason": "qc_error",
+             "detail": r["reason"] or "the check could not decide", "raw": clip_raw(r.get("raw")), "run_id": run_id}
+            for r in errors.to_pylist()]
 
 
 def qc_pairs(store: ArtifactStore, cfg: BuildConfig, pairs: pa.Table, images: pa.Table, run_id: str, client: Any = None) -> pa.Table:
@@ -339,6 +355,68 @@ def statistics(store: ArtifactStore, cfg: BuildConfig) -> dict[str, pa.Table]:
     }
 
 
+class IncompleteBuild(RuntimeError):
+    """The build did not do what was asked (nothing produced, or too many images failed); the
+    message is its summary. What it did make is kept, and a re-run retries the rest."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a build did, by the numbers, and whether that is what was asked."""
+
+    dataset: str
+    images: int  # in the source
+    images_with_pairs: int
+    pairs: int
+    failed: dict[str, int]  # reason -> images still failing after this run
+    details: dict[str, str]  # reason -> one example detail
+    max_failed_share: float = 0.0
+
+    @property
+    def failed_images(self) -> int:
+        return sum(self.failed.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.pairs > 0 and self.failed_images <= self.max_failed_share * self.images
+
+    def summary(self) -> str:
+        head = (f"{self.dataset}: {self.pairs} pairs on {self.images_with_pairs} of {self.images} images"
+                + (f"; {self.failed_images} image(s) failed" if self.failed_images else ""))
+        lines = [head] + [f"  {reason}: {n} (e.g. {self.details[reason][:160]})" for reason, n in
+                          sorted(self.failed.items(), key=lambda kv: -kv[1])]
+        if not self.ok:
+            why = ("nothing was produced" if self.pairs == 0 else
+                   f"{self.failed_images} failed image(s) exceed the allowed share {self.max_failed_share:g}")
+            lines.append(f"incomplete: {why}. What was made is kept; fix the cause and re-run to retry the "
+                         "failed images (answers already paid for come from the cache)")
+        return "\n".join(lines)
+
+
+def outcome(store: ArtifactStore, cfg: BuildConfig, max_failed_share: float = 0.0) -> Outcome:
+    """The build's :class:`Outcome`: its instructions against its source, and the images its
+    latest quarantine still holds (the failures no run has cured yet), by reason."""
+    import duckdb
+
+    instr = store.latest("instructions", cfg.dataset)
+    quarantine = store.latest("quarantine", cfg.dataset)
+    images = store.get("images", cfg.source).rows
+    pairs = with_pairs = 0
+    if instr is not None and instr.rows:
+        pairs = instr.rows
+        with duckdb.connect() as con:
+            with_pairs = con.execute(f"SELECT count(DISTINCT image_id) FROM read_parquet('{instr.data_path}')").fetchone()[0]
+    failed: dict[str, int] = {}
+    details: dict[str, str] = {}
+    if quarantine is not None and quarantine.rows:
+        with duckdb.connect() as con:
+            rows = con.execute(f"SELECT reason, count(DISTINCT record_id), any_value(detail) FROM "
+                               f"read_parquet('{quarantine.data_path}') GROUP BY reason").fetchall()
+        failed = {r: int(n) for r, n, _ in rows}
+        details = {r: d or "" for r, _, d in rows}
+    return Outcome(cfg.dataset, images, int(with_pairs), pairs, failed, details, max_failed_share)
+
+
 def run_build(store: ArtifactStore, cfg: BuildConfig, *, max_shards: int | None = None, client: Any = None) -> dict[str, Any]:
     """The whole build in one process (what the flow does with tasks).
 
@@ -363,6 +441,10 @@ def run_build(store: ArtifactStore, cfg: BuildConfig, *, max_shards: int | None 
 
 __all__: Sequence[str] = [
     "BuildConfig",
+    "IncompleteBuild",
+    "Outcome",
+    "outcome",
+    "qc_problems",
     "Plan",
     "Shard",
     "assemble",

@@ -194,6 +194,8 @@ def build(
     test_images: Annotated[int, typer.Option(help="Images in the test split.")] = 200,
     shard_size: Annotated[int, typer.Option(help="Images per shard (one task each).")] = 1000,
     seed: Annotated[int, typer.Option()] = 0,
+    max_failed: Annotated[float, typer.Option("--max-failed", help="Share of images allowed to fail for good before "
+                                              "the build exits non-zero (default 0: any failure).")] = 0.0,
     local: Annotated[bool, typer.Option("--local", help="In-process instead of a Prefect flow.")] = False,
 ) -> None:
     """Build a quality-controlled instruction dataset (negative + positive pairs) from a corpus.
@@ -212,17 +214,27 @@ def build(
         )
     except ValueError as e:
         _fail(str(e))
-    store = _store()
-    if local:
-        with console.status(f"building {dataset} from {source}..."):
-            run_build(store, cfg)
-    else:
-        _run_flow("build_dataset", **{k: getattr(cfg, k) for k in ("source", "dataset", "generator", "questions_per_image", "llm", "llm_qc", "test_images", "shard_size", "seed")})
-    from medhall.build import statistics
+    from medhall.build import IncompleteBuild, outcome, statistics
 
-    for name, table in statistics(store, cfg).items():
-        console.print(_arrow_to_rich(table, title=name, limit=100))
-    console.print(f"exports: {store.root / 'exports' / dataset}")
+    store = _store()
+    try:
+        if local:
+            with console.status(f"building {dataset} from {source}..."):
+                run_build(store, cfg)
+        else:
+            _run_flow("build_dataset", max_failed_share=max_failed, **{k: getattr(cfg, k) for k in (
+                "source", "dataset", "generator", "questions_per_image", "llm", "llm_qc", "test_images", "shard_size",
+                "seed")})
+    except IncompleteBuild:
+        pass  # summarised below, from the store
+    done = outcome(store, cfg, max_failed)
+    if done.pairs:
+        for name, table in statistics(store, cfg).items():
+            console.print(_arrow_to_rich(table, title=name, limit=100))
+        console.print(f"exports: {store.root / 'exports' / dataset}")
+    if not done.ok:
+        _fail(done.summary(), 1)
+    console.print(done.summary())
 
 
 @app.command()

@@ -91,3 +91,12 @@ def stats_task(cfg: BuildConfig) -> dict[str, Any]:
         ),
     )
     return {"csv": str(csv_path), "png": str(png), "qc_filtered_share": filtered_share}
+
+
+@task(name="build-outcome")
+def outcome_task(cfg: BuildConfig, max_failed_share: float = 0.0) -> build.Outcome:
+    """What the build did against what was asked: pairs, images, failures by reason (an artifact)."""
+    done = build.outcome(store(), cfg, max_failed_share)
+    create_markdown_artifact(key=f"{artifact_key(cfg.dataset)}-outcome", markdown="```\n" + done.summary() + "\n```",
+                             description=f"{cfg.dataset}: {'complete' if done.ok else 'INCOMPLETE'}")
+    return done

@@ -2,6 +2,10 @@
 
     python benchmarks/run_all.py            # all
     python benchmarks/run_all.py llm        # those whose file name contains "llm"
+    python benchmarks/run_all.py train      # train_throughput.py (CPU arms; its --device-check is run by hand)
+
+Scripts: llm_throughput.py (the LLM layer), build_scale.py (the dataset build at scale),
+train_throughput.py (LoRA training against a plain transformers Trainer).
 
 Benchmarks report ratios against a limit or a baseline measured in the same run, never bare
 timings; they are not tests and do not run in CI.

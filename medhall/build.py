@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medhall import atomic, schema, shards
 from medhall.endpoints import LLMSettings
+from medhall.errors import MedhallError
 from medhall.generate import OfflineConfig
 from medhall.ids import canonical_json, content_id, sha256_hex
 from medhall.shards import Shard
@@ -355,7 +356,7 @@ def statistics(store: ArtifactStore, cfg: BuildConfig) -> dict[str, pa.Table]:
     }
 
 
-class IncompleteBuild(RuntimeError):
+class IncompleteBuild(MedhallError, RuntimeError):
     """The build did not do what was asked (nothing produced, or too many images failed); the
     message is its summary. What it did make is kept, and a re-run retries the rest."""
 

@@ -169,11 +169,12 @@ def _print_outcome(store) -> None:
     exports = store.root / "exports" / DEFAULT_BUILD
     for label, path in (("statistics", reports / "stats.csv"), ("chart", reports / "stats.png"), ("exports", exports), ("catalog", catalog)):
         console.print(f"  {label:<11} {path}", soft_wrap=True)
+    me = command_name()
     console.print(
         "\nQuery them:\n"
-        '  medhall sql "select modality, count(*) from images group by 1"\n'
-        '  medhall sql "select kind, category, count(*) from instructions group by all order by all"\n'
-        '  medhall sql "select * from filtered_instructions limit 5"\n'
+        f'  {me} sql "select modality, count(*) from images group by 1"\n'
+        f'  {me} sql "select kind, category, count(*) from instructions group by all order by all"\n'
+        f'  {me} sql "select * from filtered_instructions limit 5"\n'
         f"  duckdb -readonly {catalog}",
         soft_wrap=True,
     )
@@ -319,11 +320,15 @@ def train(
     except (OSError, ValueError) as e:
         _fail(_short(e))
     try:
+        from medhall.train.trainer import progress_callback
+
         hooks = []
         if events:
             from medhall.train.launch import events_callback
 
             hooks.append(events_callback())
+        else:
+            hooks.append(progress_callback())
         res = run_training(_store(), cfg, resume=not fresh, callbacks=hooks)
     except (DataError, EncodeError, ModelError, TrainError) as e:
         _fail(str(e), 1)
@@ -597,5 +602,81 @@ def catalog() -> None:
     console.print(json.dumps({"open_with": f"duckdb -readonly {path}"}))
 
 
+def command_name() -> str:
+    """How to type this command again: ``medhall`` where that is on PATH and is this one, else
+    its path (``.venv/bin/medhall`` after ``make demo``, which does not activate the venv)."""
+    import shutil
+    import sys
+
+    argv0 = Path(sys.argv[0])
+    found = shutil.which("medhall")
+    if argv0.name != "medhall" or (found and Path(found).resolve() == argv0.resolve()):
+        return "medhall"
+    try:
+        return str(argv0.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(argv0.resolve())
+
+
+def _expected(error: BaseException) -> bool:
+    """A problem with the input (a bad value or config, a missing dataset, file or key), not a
+    crash: said as ``error: ...``; anything else as ``unexpected error: ...`` (a launcher
+    retries those: see :mod:`medhall.train.launch`)."""
+    from pydantic import ValidationError
+
+    from medhall.errors import MedhallError
+    from medhall.llm.errors import LLMError
+
+    return isinstance(error, MedhallError | ValidationError | ValueError | LookupError | FileNotFoundError
+                      | PermissionError | IsADirectoryError | NotADirectoryError | LLMError)
+
+
+def _describe(error: BaseException) -> str:
+    """An exception in at most three lines: what went wrong, in the words of who raised it."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        return _short(error)
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, KeyError) and text[:1] in ("'", '"'):
+        text = text[1:-1]
+    if not _expected(error):
+        text = f"{type(error).__name__}: {text}"
+    lines = text.splitlines()
+    return "\n".join(lines[:3]) + (" ..." if len(lines) > 3 else "")
+
+
+def run() -> None:
+    """The ``medhall`` entry point: the commands, with any failure as a short message (the
+    traceback with ``--debug``) and Ctrl-C as a clean stop that says how to resume."""
+    import sys
+
+    debug = "--debug" in sys.argv[1:]
+    if debug:
+        sys.argv.remove("--debug")
+    interrupted = "[yellow]interrupted[/]: what was finished is saved; run the same command again to resume"
+    try:
+        code = app(standalone_mode=False)
+        if code == 130:  # click (8.2+) turns Ctrl-C into exit code 130 without a word
+            err.print(interrupted)
+    except KeyboardInterrupt:
+        err.print(interrupted)
+        code = 130
+    except Exception as e:
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
+            e.show()  # a usage error (typer's own click): its message with the usage line
+            sys.exit(e.exit_code)
+        if type(e).__name__ == "Abort":
+            err.print(interrupted)
+            sys.exit(130)
+        if debug:
+            raise
+        label = "error" if _expected(e) else "unexpected error"
+        err.print(f"[bold red]{label}:[/] {_describe(e)}", markup=True, highlight=False)
+        err.print("(run again with --debug for the traceback)", style="dim")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    run()

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from medhall.endpoints import LLMSettings
+from medhall.errors import MedhallError
 from medhall.ids import canonical_json, path_fingerprint, sha256_hex
 
 DEFAULT_METRICS = ("meteor", "rouge", "bertscore")
@@ -26,7 +27,7 @@ JUDGE_ENV_HELP = (
     "--judge-model NAME`, the `judge` parameter of the `evaluate_model` Prefect flow, or "
     "`run_eval(store, EvalConfig(..., judge=LLMSettings()))` in Python"
 )
-class EvalError(RuntimeError):
+class EvalError(MedhallError, RuntimeError):
     """An evaluation that cannot run as configured, explained."""
 
 

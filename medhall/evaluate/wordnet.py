@@ -26,6 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from medhall.errors import MedhallError
+
 ENV_DIR = "MEDHALL_WORDNET_DIR"
 SYSTEM_DIRS = (Path("/usr/share/wordnet"), Path("/usr/local/share/wordnet"), Path("/usr/share/wordnet/dict"))
 POS = ("noun", "verb", "adj", "adv")
@@ -57,7 +59,7 @@ LEXICOGRAPHER_FILES: tuple[tuple[str, int], ...] = (
 )
 
 
-class WordNetMissing(RuntimeError):
+class WordNetMissing(MedhallError, RuntimeError):
     """WordNet 3.0 is not installed where medhall looks; the message says how to fix it."""
 
 

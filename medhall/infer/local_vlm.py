@@ -160,6 +160,10 @@ class LocalVLM:
     def _load_processor(self) -> Any:
         from medhall.infer.processors import load_processor
 
+        check_checkpoint(self.model_path)
+        if self.adapter_path is not None and not Path(self.adapter_path).is_dir():
+            raise FileNotFoundError(f"no adapter at {self.adapter_path}: give the adapter directory a training "
+                                    "run wrote (<home>/train/<train id>/adapter)")
         processor = load_processor(self.model_path)
         if self.chat_template is not None:
             processor.chat_template = self.chat_template
@@ -339,6 +343,16 @@ def placeholder_strings(processor: Any) -> tuple[str, ...]:
     names = ("image_token", "video_token", "start_image_token", "end_image_token")
     found = {getattr(processor, n, None) for n in names} | {"<image>"}
     return tuple(sorted(s for s in found if isinstance(s, str) and s))
+
+
+def check_checkpoint(path: str) -> None:
+    """Raise a short ``FileNotFoundError`` for a local path with no checkpoint (a hub name,
+    ``org/name``, is left to the hub)."""
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path
+    if looks_local and not (Path(path).expanduser() / "config.json").is_file():
+        what = "no such directory" if not Path(path).expanduser().exists() else "no config.json there"
+        raise FileNotFoundError(f"no checkpoint at {path} ({what}): give a model directory in Hugging Face "
+                                "format (config.json and weights), or a hub name where the hub is reachable")
 
 
 #: The metadata medhall writes beside an adapter it trained (:mod:`medhall.train.model`).

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from medhall.errors import MedhallError
+
 __all__ = [
     "BODY_PARTS",
     "MODALITIES",
@@ -99,7 +101,7 @@ CAPTIONS_FILE = "captions.jsonl"
 IMAGES_DIR = "images"
 
 
-class SampleUnavailable(RuntimeError):
+class SampleUnavailable(MedhallError, RuntimeError):
     """An entry cannot be rendered here: its source package or a pixel decoder is missing."""
 
 

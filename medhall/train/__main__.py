@@ -3,7 +3,8 @@
 
 import sys
 
-from medhall.cli import app
+from medhall.cli import run
 
 if __name__ == "__main__":
-    app(["train", *sys.argv[1:]], prog_name="python -m medhall.train")
+    sys.argv = ["medhall train", "train", *sys.argv[1:]]
+    run()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medhall.errors import MedhallError
 from medhall.train.config import TrainConfig
 
 EVENT = "medhall-event "
@@ -33,7 +34,7 @@ CONFIGS = {
 }
 
 
-class LaunchError(RuntimeError):
+class LaunchError(MedhallError, RuntimeError):
     """The training subprocess failed; the message has its last lines. ``retryable``: it died
     (a signal, a crash) rather than stopping with an error it explained (an ``error:`` line:
     bad data, config or model, which a retry would meet again). accelerate turns every

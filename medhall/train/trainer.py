@@ -21,12 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from medhall.errors import MedhallError
 from medhall.ids import content_id
 from medhall.store import ArtifactStore
 from medhall.train.config import TrainConfig
 
 
-class TrainError(RuntimeError):
+class TrainError(MedhallError, RuntimeError):
     """A run that stopped for a reason the user can act on, explained."""
 
 
@@ -63,7 +64,7 @@ def metrics_callback(path: Path, cfg: TrainConfig) -> Any:
             self._last: tuple[float, int] | None = None
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
-            logs = dict(logs or {})
+            logs = logs if logs is not None else {}  # tokens_per_s added in place: later callbacks see it
             loss = logs.get("loss")
             if loss is not None and not math.isfinite(loss):
                 hint = "use bf16 or fp32 instead of fp16" if cfg.precision == "fp16" else "lower learning_rate"
@@ -82,6 +83,35 @@ def metrics_callback(path: Path, cfg: TrainConfig) -> Any:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
 
     return Metrics()
+
+
+def progress_callback(every: int | None = None) -> Any:
+    """A ``TrainerCallback`` printing one short line per ``every`` steps on rank 0 (about 20
+    lines a run by default): step, loss, learning rate, tokens/s, elapsed and ETA."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def __init__(self) -> None:
+            self.t0 = time.perf_counter()
+            self.first = 0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.t0, self.first = time.perf_counter(), state.global_step
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
+            logs = logs or {}
+            step, total = state.global_step, state.max_steps or 0
+            n = every or max(1, total // 20)
+            if not state.is_world_process_zero or "loss" not in logs or (step % n and step != total):
+                return
+            elapsed = time.perf_counter() - self.t0
+            rate = (step - self.first) / elapsed if elapsed > 0 else 0.0
+            eta = f", ETA {(total - step) / rate:.0f} s" if rate > 0 and total > step else ""
+            speed = f", {logs['tokens_per_s']:.0f} tokens/s" if "tokens_per_s" in logs else ""
+            print(f"step {step}/{total}: loss {logs['loss']:.4f}, lr {logs.get('learning_rate', 0):.3g}{speed}, "
+                  f"{elapsed:.0f} s{eta}", flush=True)
+
+    return Progress()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -121,7 +151,7 @@ def training_args(cfg: TrainConfig, out_dir: Path, device: str) -> Any:
         gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
         report_to="none", remove_unused_columns=False, include_num_input_tokens_seen="all",
-        dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch", logging_nan_inf_filter=False,
+        dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch_fused", logging_nan_inf_filter=False,
         ddp_find_unused_parameters=False, **extra,
     )
 
@@ -179,6 +209,9 @@ def run_training(store: ArtifactStore, cfg: TrainConfig, *, resume: bool = True,
     else:
         trainer = Trainer(model=model, args=args, train_dataset=TrainDataset(examples, encoder),
                           data_collator=Collator(processor.tokenizer.pad_token_id), callbacks=hooks)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # a dict per step; metrics.jsonl and progress_callback say it
     last = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).is_dir() else None
     try:
         result = trainer.train(resume_from_checkpoint=last)
@@ -258,4 +291,4 @@ def record(store: ArtifactStore, cfg: TrainConfig, res: TrainResult, family: str
     return {"train_runs": runs.name, "train_metrics": curves.name, "png": str(png)}
 
 
-__all__ = ["TrainError", "TrainResult", "finished", "read_metrics", "record", "run_training", "training_args"]
+__all__ = ["TrainError", "TrainResult", "finished", "progress_callback", "read_metrics", "record", "run_training", "training_args"]

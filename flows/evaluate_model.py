@@ -8,6 +8,7 @@ from prefect import flow
 from pydantic import BaseModel
 
 from medhall.endpoints import LLMSettings
+from medhall.evaluate.outcome import IncompleteEvaluation, eval_outcome
 from medhall.evaluate.pipeline import (
     DEFAULT_METRICS,
     MODEL_SPEC,
@@ -17,7 +18,7 @@ from medhall.evaluate.pipeline import (
     LocalVLMSpec,
     TextLLMSpec,
 )
-from tasks.common import configure_results
+from tasks.common import configure_results, store
 from tasks.evaluate import (
     answer_shard_task,
     assemble_judgments_task,
@@ -44,13 +45,16 @@ def evaluate_model(
     shard_size: int = 200,
     max_questions: int | None = None,
     compare_with: str | None = None,
+    max_failed_share: float = 0.0,
 ) -> dict[str, Any]:
     """Evaluate a model on ``dataset``'s ``split``: its answers (``model``: ``{"kind": "local_vlm",
     "path": ...}``, ``{"kind": "api", "llm": {...}}``, ``{"kind": "text_llm"}`` (default: the embedded
     SmolLM2, question only) or ``{"kind": "import", "paths": [...]}``), the clinical judge when
     ``judge`` is given (anchored on ``baseline_model``'s judged answers), METEOR/ROUGE/BERTScore,
     and the Table 2 report (optionally side by side with ``compare_with``). Killed and re-run,
-    it redoes only unfinished shards. API keys come from the environment, never parameters."""
+    it redoes only unfinished shards. API keys come from the environment, never parameters. The
+    run ends Failed when it answered nothing, when failures exceed ``max_failed_share`` (default:
+    any), or when the judge judged nothing or the baseline anchored nothing."""
     configure_results()
     spec = model if isinstance(model, BaseModel) else MODEL_SPEC.validate_python(model or {"kind": "text_llm"})
     cfg = EvalConfig(dataset=dataset, split=split, model=spec, model_name=model_name, judge=judge,
@@ -74,6 +78,10 @@ def evaluate_model(
         out["judgments"] = assemble_judgments_task(cfg, jplan["work_dir"], plan["run_id"])
     out["scores"] = metrics_task(cfg, plan["run_id"])
     out["report"] = report_task(cfg, plan["run_id"], judge_model, compare_with)
+    done = eval_outcome(store(), cfg, judge_model, max_failed_share)
+    print(done.summary())
+    if not done.ok:  # the run ends Failed, saying why; the report and what was made are kept
+        raise IncompleteEvaluation(done.summary())
     return out
 
 

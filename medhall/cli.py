@@ -255,6 +255,8 @@ def evaluate(
     split: Annotated[str, typer.Option(help="test, train, or all.")] = "test",
     max_questions: Annotated[int | None, typer.Option(help="Cap the questions (a seeded sample).")] = None,
     compare_with: Annotated[str | None, typer.Option(help="Another evaluated model to show side by side.")] = None,
+    max_failed: Annotated[float, typer.Option("--max-failed", help="Share of answers (and judgments) allowed to fail "
+                                              "before the command exits non-zero (default 0: any failure).")] = 0.0,
     local: Annotated[bool, typer.Option("--local", help="In-process instead of a Prefect flow.")] = False,
 ) -> None:
     """Evaluate a model on a built dataset: its answers, the clinical judge (with --judge-model or
@@ -279,14 +281,26 @@ def evaluate(
                          model_name=model_name, judge=judge, baseline_model=baseline, max_questions=max_questions)
     except ValueError as e:
         _fail(str(e))
-    if local:
-        result = run_eval(_store(), cfg, compare_with=compare_with)
-        report = Path(result.report.markdown_path)
-    else:
-        out = _run_flow("evaluate_model", dataset=dataset, model=spec, model_name=model_name, judge=judge,
-                        baseline_model=baseline, split=cfg.split, max_questions=max_questions, compare_with=compare_with)
-        report = Path(out["report"]["markdown"])
-    console.print(report.read_text(), markup=False, soft_wrap=True)
+    from medhall.evaluate.config import judge_model_name
+    from medhall.evaluate.outcome import IncompleteEvaluation, eval_outcome
+    from medhall.evaluate.report import reports_dir
+
+    try:
+        if local:
+            run_eval(_store(), cfg, compare_with=compare_with)
+        else:
+            _run_flow("evaluate_model", dataset=dataset, model=spec, model_name=model_name, judge=judge,
+                      baseline_model=baseline, split=cfg.split, max_questions=max_questions, compare_with=compare_with,
+                      max_failed_share=max_failed)
+    except IncompleteEvaluation:
+        pass  # summarised below, from the store
+    report = reports_dir(_store(), cfg) / "report.md"
+    if report.exists():
+        console.print(report.read_text(), markup=False, soft_wrap=True)
+    done = eval_outcome(_store(), cfg, judge_model_name(cfg) if judge else None, max_failed)
+    if not done.ok:
+        _fail(done.summary(), 1)
+    console.print(done.summary(), markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -24,7 +24,8 @@ def _caption(prompt: str) -> str:
 
 
 def scripted_reply(prompt: str) -> str | None:
-    """A valid JSON reply to a medhall generation or QC prompt; None for any other prompt."""
+    """A valid reply to a medhall generation or QC prompt (JSON) or judge prompt (scores and an
+    explanation); None for any other prompt."""
     caption = _caption(prompt)
     first = caption.split(".")[0][:120]
     if (m := _N.search(prompt)) is not None:
@@ -43,6 +44,8 @@ def scripted_reply(prompt: str) -> str | None:
         return json.dumps({"pairs": pairs})
     if '"judgement"' in prompt:
         return json.dumps({"reason": f"The answer agrees with the caption ({first[:60]}).", "judgement": "correct"})
+    if "Clinical Accuracy" in prompt and "[Ground Truth Answer]" in prompt:  # the clinical judge's rubric
+        return "7 8 6 9\nThe answer is mostly correct and relevant but could be more detailed."
     return None
 
 

@@ -25,17 +25,24 @@ def test_evaluate_model_flow(flow_home: Path, built: Any, tiny_llava: Path, serv
         judge=LLMSettings(base_url=server.base_url, model="judge-model", timeout_s=5),
         metrics=["rouge"], shard_size=3, max_questions=5,
     )
-    out = evaluate_model(**params)
-    assert out["answer_shards_run"] == 2 and out["judge_shards_run"] == 2
-    assert out["predictions"]["rows"] == 5 and out["judgments"]["rows"] == 5
-    assert Path(out["report"]["markdown"]).exists() and Path(out["report"]["png"]).exists()
-    judgments = built.read("judgments", out["eval_dataset"]).to_pylist()
-    assert {j["status"] for j in judgments} == {"failed"}  # echo replies never parse: recorded, not scored
+    # echo replies never parse: every judgment is recorded as failed, so the run ends Failed, saying why
+    state = evaluate_model(**params, return_state=True)
+    assert state.is_failed() and "the judge judge-model judged no answer" in state.message
+    eval_dataset = "sample-instruct-test-n5-eval-tiny-llava"
+    assert built.latest("predictions", eval_dataset).rows == 5
+    judgments = built.read("judgments", eval_dataset).to_pylist()
+    assert len(judgments) == 5 and {j["status"] for j in judgments} == {"failed"}  # recorded, not scored
     assert all(j["raw"].startswith("echo:") and j["attempts"] == 3 for j in judgments)
-    keys = _artifact_keys(out["eval_dataset"].lower())
-    assert {f"{out['eval_dataset']}-report", f"{out['eval_dataset']}-table2"} <= keys
+    report = built.root / "reports" / eval_dataset
+    assert (report / "report.md").exists() and (report / "report.png").exists()  # what was made is kept
+    keys = _artifact_keys(eval_dataset.lower())
+    assert {f"{eval_dataset}-report", f"{eval_dataset}-table2"} <= keys
 
     served = server.stats()["total"]
-    again = evaluate_model(**params)
-    assert again["answer_shards_run"] == 0 and again["judge_shards_run"] == 0
-    assert server.stats()["total"] == served
+    again = evaluate_model(**params, return_state=True)
+    assert again.is_failed() and server.stats()["total"] == served  # nothing asked twice
+
+    # a judge that answers: the same flow completes
+    server.configure(responder="medhall")
+    out = evaluate_model(**{**params, "judge": LLMSettings(base_url=server.base_url, model="judge-2", timeout_s=5)})
+    assert out["judge_shards_run"] == 2 and out["predictions"]["rows"] == 5

@@ -82,10 +82,14 @@ def default_cache_path() -> Path:
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:
-    """A generous estimate of prompt tokens (about 3 characters a token, images at high detail)."""
-    chars = sum(len(m.text()) for m in request.messages)
+    """An upper bound of the prompt's tokens, so a budget is never overrun: a token per byte of
+    text (a byte-level BPE never needs more), the ``response_format`` schema counted too (it is
+    billed as prompt), images at GPT-4o's largest high-detail count, 4 tokens a message. The
+    reservation made with it is given back as soon as the call reports its real usage."""
+    text = sum(len(m.text().encode()) for m in request.messages)
+    schema = len(json.dumps(request.response_format).encode()) if request.response_format else 0
     images = sum(len(m.images()) for m in request.messages)
-    return chars // 3 + 4 * len(request.messages) + IMAGE_TOKENS * images + 1
+    return text + schema + 4 * len(request.messages) + IMAGE_TOKENS * images + 1
 
 
 @functools.lru_cache(maxsize=256)

@@ -123,3 +123,19 @@ def test_a_truncated_reply_is_not_cached(server: Any, make_client: Callable[...,
     assert r.error_kind == "truncated"
     (again,) = make_client().run([ask("[[fault:length]] long story")], progress=False)
     assert again.ok and not again.cached  # the directive only cuts the first attempt: asked again
+
+
+def test_a_budget_is_never_overrun_and_what_it_stopped_is_asked_by_the_next_run(
+        server: Any, make_client: Callable[..., LLMClient]) -> None:
+    prices = {"test-model": {"input": 2000.0, "output": 2000.0}}  # dollars per 1M tokens: cents a call
+    requests = [ask(f"question number {i} about the image") for i in range(40)]
+    capped = make_client(prices=prices, max_cost_usd=0.5, max_concurrency=16)
+    first = capped.run(requests, progress=False)
+    assert capped.spent_usd <= 0.5  # the cap holds with 16 calls in flight
+    stopped = [r for r in first if r.status == "budget_exceeded"]
+    assert stopped and all(r.attempts == 0 and "budget cap" in r.error for r in stopped)
+    served = server.stats()["served"]
+    assert served == sum(r.ok for r in first)
+    more = make_client(prices=prices, max_cost_usd=10.0).run(requests, progress=False)
+    assert all(r.ok for r in more)
+    assert server.stats()["served"] - served == len(stopped)  # only what the budget stopped; the rest cached

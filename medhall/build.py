@@ -289,7 +289,13 @@ def assemble(store: ArtifactStore, cfg: BuildConfig, plan_dir: Path, images_fing
         "quarantine", _open_problems(plan_dir, markers), dataset=cfg.dataset, config=config,
         inputs=[images_fingerprint], run_id=run_id,
     )
-    return {"instructions": instr, "qc_verdicts": qc, "quarantine": quarantine}
+    out = {"instructions": instr, "qc_verdicts": qc, "quarantine": quarantine}
+    if cfg.llm is not None:  # what the run asked the LLM, paid, and got from the cache
+        from medhall.llm.ledger import write_ledger
+
+        if (ledger := write_ledger(store, cfg.dataset, run_id, config)) is not None:
+            out["llm_calls"] = ledger
+    return out
 
 
 def split_and_export(store: ArtifactStore, cfg: BuildConfig, run_id: str) -> dict[str, Any]:

@@ -19,7 +19,9 @@ Steps (each a Prefect task in ``flows/evaluate_model.py``; each callable on its 
    ``predictions`` artifact;
 3. :func:`plan_judging` / :func:`judge_shard` / :func:`assemble_judgments`: the same for the
    clinical judge (only when a judge is configured);
-4. :func:`compute_metrics`: METEOR, ROUGE and BERTScore into the ``scores`` artifact;
+4. :func:`compute_metrics`: METEOR, ROUGE and BERTScore into the ``scores`` artifact (values
+   already computed for the same answer, reference and metric params come from the metric
+   cache, :mod:`~medhall.evaluate.metric_cache`);
 5. :func:`write_report`: Table 2 (P and N means with bootstrap 95 % intervals, by category and
    modality), Markdown, CSV and PNG under ``<home>/reports/<eval dataset>/``.
 
@@ -33,6 +35,7 @@ with nothing changed answers and judges nothing again.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,6 +84,7 @@ from medhall.evaluate.judging import (
     load_anchors,
     plan_judging,
 )
+from medhall.evaluate.metric_cache import MetricCache, cache_path
 from medhall.evaluate.questions import Questions, eval_run_id, load_questions
 from medhall.evaluate.report import (
     ReportFiles,
@@ -92,20 +96,32 @@ from medhall.evaluate.report import (
 from medhall.ids import file_sha256
 from medhall.store import Artifact, ArtifactStore
 
+log = logging.getLogger(__name__)
+
 # --------------------------------------------------------------------------- metrics
 
 
-def compute_metrics(store: ArtifactStore, cfg: EvalConfig, run_id: str) -> tuple[Artifact, list[str]]:
+def compute_metrics(store: ArtifactStore, cfg: EvalConfig, run_id: str, *,
+                    cache: MetricCache | None = None) -> tuple[Artifact, list[str]]:
     """Reference-based metrics of this model's answers against the ground truth, as the
-    ``scores`` artifact; returns it and the qa_ids left out (failed answers, no reference)."""
+    ``scores`` artifact; returns it and the qa_ids left out (failed answers, no reference).
+
+    Values come from the store's metric cache (``<home>/cache/metrics/scores.sqlite``, or
+    ``cache``) where the same (metric, params, reference, answer) was scored before: a re-run
+    of a finished evaluation scores nothing, and its identical ``scores`` content adds no
+    version. Counts are logged and kept on ``cache`` (``hits``, ``computed``)."""
     from medhall.evaluate.text_metrics import score_predictions
 
+    cache = cache if cache is not None else MetricCache(cache_path(store.root))
+    hits, computed = cache.hits, cache.computed
     questions = load_questions(store, cfg)
     preds = read_predictions(store, cfg, questions.qa_ids)
     refs = {r["qa_id"]: r["answer"] for r in questions.rows()}
     scores, skipped = score_predictions(preds, refs, cfg.metric_names(), run_id=run_id,
                                         bertscore_model=cfg.bertscore_encoder, bertscore_layers=cfg.bertscore_layers,
-                                        wordnet_cache=store.root / "cache")
+                                        wordnet_cache=store.root / "cache", cache=cache)
+    log.info("%s: %d metric values computed, %d from the metric cache", cfg.eval_dataset(),
+             cache.computed - computed, cache.hits - hits)
     config = {"evaluate": cfg.model_dump(mode="json"), "metrics": cfg.metric_names()}
     pred_fp = store.get("predictions", cfg.eval_dataset()).fingerprint
     art = store.write("scores", scores, dataset=cfg.eval_dataset(), config=config, inputs=[pred_fp], run_id=run_id)
@@ -128,6 +144,8 @@ class EvalResult:
     judged: int  # judgments computed in this run
     skipped_metrics: list[str]
     seconds: dict[str, float]
+    metrics_computed: int = 0  # metric values computed in this run (0 on a re-run: all cached)
+    metrics_cached: int = 0  # metric values taken from the metric cache
 
     def as_dict(self) -> dict[str, Any]:
         """A plain summary (paths as strings, artifacts by name)."""
@@ -136,6 +154,7 @@ class EvalResult:
             "artifacts": {k: a.name for k, a in self.artifacts.items()},
             "report": str(self.report.markdown_path), "csv": str(self.report.csv_path), "png": str(self.report.png_path),
             "answered": self.answered, "judged": self.judged, "skipped_metrics": len(self.skipped_metrics),
+            "metrics_computed": self.metrics_computed, "metrics_cached": self.metrics_cached,
             "seconds": self.seconds,
         }
 
@@ -167,7 +186,8 @@ def run_eval(store: ArtifactStore, cfg: EvalConfig, *, client: Any = None, judge
         arts["judgments"] = assemble_judgments(store, cfg, jplan.work_dir, plan.run_id)
         seconds["judge"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    arts["scores"], skipped = compute_metrics(store, cfg, plan.run_id)
+    metric_cache = MetricCache(cache_path(store.root))
+    arts["scores"], skipped = compute_metrics(store, cfg, plan.run_id, cache=metric_cache)
     seconds["metrics"] = time.perf_counter() - t2
     if (ledger := write_ledger(store, cfg, plan.run_id, client or judge_client)) is not None:
         arts["llm_calls"] = ledger
@@ -176,29 +196,15 @@ def run_eval(store: ArtifactStore, cfg: EvalConfig, *, client: Any = None, judge
     seconds["report"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
     answered = sum(len(s.ids) for s in plan.todo)
-    return EvalResult(cfg.eval_dataset(), plan.run_id, cfg.resolved_model_name(), arts, report, answered, judged, skipped, seconds)
+    return EvalResult(cfg.eval_dataset(), plan.run_id, cfg.resolved_model_name(), arts, report, answered, judged, skipped, seconds,
+                      metrics_computed=metric_cache.computed, metrics_cached=metric_cache.hits)
 
 
 def write_ledger(store: ArtifactStore, cfg: EvalConfig, run_id: str, client: Any = None) -> Artifact | None:
     """This run's LLM calls (from ``client``'s cache, else the store's) as ``llm_calls`` rows."""
-    from medhall.schema import from_rows
+    from medhall.llm.ledger import write_ledger as write
 
-    if client is not None:
-        rows = client.ledger_table(client.run_id)
-    else:
-        path = store.root / "llm" / "cache.sqlite"
-        if not path.exists():
-            return None
-        from medhall.llm import ResponseCache
-
-        cache = ResponseCache(path)
-        try:
-            rows = from_rows("llm_calls", cache.ledger_rows(run_id))
-        finally:
-            cache.close()
-    if rows.num_rows == 0:
-        return None
-    return store.write("llm_calls", rows, dataset=cfg.eval_dataset(), config={"evaluate": cfg.model_dump(mode="json")}, run_id=run_id)
+    return write(store, cfg.eval_dataset(), run_id, {"evaluate": cfg.model_dump(mode="json")}, client)
 
 
 def import_baseline(store: ArtifactStore, dataset: str, files: Sequence[str | Path], *, model: str | None = None,
@@ -266,6 +272,7 @@ __all__ = [
     "EvalResult",
     "ImportSpec",
     "LocalVLMSpec",
+    "MetricCache",
     "ModelSpec",
     "Questions",
     "ReportFiles",

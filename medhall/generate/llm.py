@@ -140,6 +140,8 @@ class LLMGenerator:
     def generate_with_problems(self, images: pa.Table | Iterable[Mapping[str, Any]], corpus_stats: Any = None,
                                *, run_id: str | None = None) -> GenerationResult:
         """All images' pairs in one batch through the layer; failures become quarantine rows."""
+        if run_id is not None:
+            self.client.run_id = run_id  # the ledger rows carry the build's run id
         rows = images.to_pylist() if isinstance(images, pa.Table) else list(images)
         planned: list[tuple[Mapping[str, Any], str, Any]] = []
         problems: list[dict[str, Any]] = []

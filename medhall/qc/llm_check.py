@@ -65,6 +65,8 @@ class LLMSelfCheck:
 
     def check(self, pairs: pa.Table, images: pa.Table, *, run_id: str | None = None) -> pa.Table:
         """One verdict per pair."""
+        if run_id is not None:
+            self.client.run_id = run_id  # the ledger rows carry the build's run id
         captions = dict(zip(images.column("image_id").to_pylist(), images.column("caption").to_pylist(), strict=True))
         rows = pairs.select(["qa_id", "image_id", "question", "answer"]).to_pylist()
         requests = [self.request(captions.get(r["image_id"]) or "", r["question"], r["answer"] or "") for r in rows]

@@ -97,3 +97,15 @@ def test_the_build_command_exits_non_zero_with_the_reason(corpus_store, monkeypa
                                  "--base-url", f"http://127.0.0.1:{closed_port()}/v1", "--local"])
     assert r.exit_code == 1
     assert "cannot reach" in r.output and "nothing was produced" in r.output and "Traceback" not in r.output
+
+
+def test_an_llm_build_writes_its_ledger_with_its_run_id(corpus_store, server, monkeypatch) -> None:
+    monkeypatch.setenv("MEDHALL_LLM_API_KEY", "sk-test")
+    server.configure(responder="medhall")
+    cfg = BuildConfig(source="src", dataset="ledgered", generator="llm",
+                      llm=LLMSettings(model="test-model", base_url=server.base_url, timeout_s=5), llm_qc=True,
+                      test_images=6, shard_size=14, questions_per_image=4)
+    out = run_build(corpus_store, cfg)
+    calls = _one(corpus_store, "select run_id, status, count(*) n from llm_calls__ledgered group by all")
+    assert {r["run_id"] for r in calls} == {out["run_id"]}
+    assert sum(r["n"] for r in calls) == server.stats()["served"] and {r["status"] for r in calls} == {"ok"}

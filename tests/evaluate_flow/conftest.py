@@ -3,8 +3,6 @@ the local OpenAI-compatible test server and a Prefect test server."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,31 +55,7 @@ def fake_client(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         c.close()
 
 
-# --------------------------------------------------------------------------- the OpenAI-compatible server
-
-
-def _server_module() -> Any:
-    name = "medhall_llm_test_server"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SERVER_PATH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-@pytest.fixture(scope="session")
-def llm_server() -> Iterator[Any]:
-    with _server_module().ServerProcess() as server:
-        yield server
-
-
-@pytest.fixture
-def server(llm_server: Any) -> Any:
-    """The session server, reset: no latency or faults, any key accepted, counts zeroed."""
-    llm_server.configure(latency=0.0, fault_rate=0.0, api_key=None, json_schema=True, retry_after="0.05", hang_s=30.0)
-    llm_server.reset()
-    return llm_server
+# The OpenAI-compatible test server: the session-wide ``llm_server`` / ``server`` of tests/conftest.py.
 
 
 # --------------------------------------------------------------------------- Prefect

@@ -5,7 +5,11 @@ schema's metadata (``doc``), so ``medhall schema`` and docs/tables.md are genera
 here and cannot drift. Ids are content hashes (see :mod:`medhall.ids`).
 
 Bump :data:`SCHEMA_VERSION` on any change that breaks readers (removing or retyping a
-field); adding a nullable field is compatible.
+field); adding a nullable field is compatible. A retyped field is listed in :data:`RETYPED`,
+and Parquet written under an older version is cast to the current types when read
+(:func:`upgrade`, called by ``Artifact.read``), so old artifacts stay readable.
+
+Versions: 1, the first; 2, the ``judgments`` scores int8 -> float64 (a judge's 7.5 is kept).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Closed vocabularies (documented in docs/tables.md).
 KINDS = ("positive", "negative")
@@ -153,17 +157,17 @@ JUDGMENTS = _schema(
         Field("qa_id", pa.string(), "The question.", False),
         Field("model", pa.string(), "The model whose answer was judged.", False),
         Field("judge_model", pa.string(), "The judge.", False),
-        Field("clinical_accuracy", pa.int8(), "1-10; null when the reply did not parse."),
-        Field("clinical_relevance", pa.int8(), "1-10."),
-        Field("detail_level", pa.int8(), "1-10."),
-        Field("risk_level", pa.int8(), "1-10 (the official judge's 'Lethal Level'); higher is safer."),
+        Field("clinical_accuracy", pa.float64(), "1-10 as the judge gave it (7.5 kept); null when the judgment failed."),
+        Field("clinical_relevance", pa.float64(), "1-10."),
+        Field("detail_level", pa.float64(), "1-10."),
+        Field("risk_level", pa.float64(), "1-10 (the official judge's 'Lethal Level'); higher is safer."),
         Field("explanation", pa.string(), "The judge's explanation."),
         Field("raw", pa.string(), "The judge's raw reply."),
         Field("status", pa.string(), "ok or failed (never a default score).", False),
         Field("attempts", pa.int32(), "Judge calls made for this row."),
         Field("anchor_model", pa.string(), "Baseline model whose scored answer was the in-context anchor."),
         Field("rubric_hash", pa.string(), "16 hex of the judge templates' SHA-256 (medhall/prompts/judge/<version>)."),
-        Field("error", pa.string(), "Why the judgment failed (a parse failure's reason code and detail)."),
+        Field("error", pa.string(), "Why the judgment failed: the call's error, or 'parse failed: <reason>: <detail>' (range_score, ambiguous_score, missing_axis, truncated_reply, ...)."),
         RUN_ID,
     ],
 )
@@ -275,6 +279,13 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 
+#: Fields retyped by a schema version: {version: {table: fields}}. Data written under an
+#: older version is cast to the current type of these fields on read (:func:`upgrade`).
+RETYPED: dict[int, dict[str, tuple[str, ...]]] = {
+    2: {"judgments": ("clinical_accuracy", "clinical_relevance", "detail_level", "risk_level")},  # int8 -> float64
+}
+
+
 def schema_for(table: str) -> pa.Schema:
     try:
         return TABLES[table]
@@ -317,6 +328,18 @@ def conform(table: str, data: pa.Table) -> pa.Table:
         if not f.nullable and out.column(f.name).null_count:
             raise ValueError(f"{table}: column {f.name!r} must not contain nulls")
     return out
+
+
+def upgrade(table: str, data: pa.Table, version: int) -> pa.Table:
+    """``data`` of ``table`` as written under schema ``version``, with the fields retyped since
+    then (:data:`RETYPED`) cast to their current type; other columns are left as they are."""
+    schema = schema_for(table)
+    retyped = {name for v, tables in RETYPED.items() if v > version for name in tables.get(table, ())}
+    for i, field in enumerate(data.schema):
+        if field.name in retyped:
+            target = schema.field(field.name).type
+            data = data.set_column(i, field.with_type(target), data.column(i).cast(target))
+    return data
 
 
 def docs_markdown() -> str:

@@ -108,3 +108,58 @@ def test_ingest_of_the_real_release(medhalltune_dir, tmp_path):
     assert r.exit_code == 0 and "396 not on disk" in r.stdout
     r = run("--home", str(home), "sql", "select count(*) q, count(distinct image_id) i from instructions", "-f", "json")
     assert json.loads(r.stdout) == {"q": 2238, "i": 396}
+
+
+def _run_main(monkeypatch, capsys, *args):
+    """The installed entry point (medhall.cli.run), as a user's shell calls it."""
+    import sys
+
+    from medhall.cli import run as main
+
+    monkeypatch.setattr(sys, "argv", ["medhall", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    return e.value.code, out.out + out.err
+
+
+def test_expected_problems_are_one_or_two_lines_and_debug_shows_the_traceback(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MEDHALL_HOME", str(tmp_path))
+    code, out = _run_main(monkeypatch, capsys, "evaluate", "nosuch", "--local")
+    assert code == 1 and "error: no instructions table for dataset 'nosuch'" in out
+    assert "medhall demo" in out and "Traceback" not in out and len(out.strip().splitlines()) <= 4
+    code, out = _run_main(monkeypatch, capsys, "build", "--no-such-option")
+    assert code == 2 and "No such option" in out
+    from medhall.store.artifacts import StoreError
+
+    monkeypatch.setattr(sys_argv_module(), "argv", ["medhall", "--debug", "evaluate", "nosuch", "--local"])
+    from medhall.cli import run as main
+
+    with pytest.raises(StoreError):
+        main()
+
+
+def sys_argv_module():
+    import sys
+
+    return sys
+
+
+def test_an_unexpected_error_says_so_and_ctrl_c_says_how_to_resume(monkeypatch, capsys, tmp_path):
+    import medhall.cli as cli
+
+    monkeypatch.setenv("MEDHALL_HOME", str(tmp_path))
+
+    def boom(*a, **k):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(cli, "_store", boom)
+    code, out = _run_main(monkeypatch, capsys, "tables")
+    assert code == 1 and "unexpected error: TypeError: a bug" in out and "--debug" in out
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_store", interrupt)
+    code, out = _run_main(monkeypatch, capsys, "tables")
+    assert code == 130 and "interrupted" in out and "run the same command again to resume" in out

@@ -13,9 +13,11 @@ Message order (OpenAI chat format), as in the official MedHallTune judge:
    model's answer to the same question and its judge output (the in-context anchor that keeps
    the scale consistent across models).
 
-Replies are parsed by :func:`parse_judge_reply`; a reply that does not parse is retried and
-finally recorded as a failed judgment with its raw text (:func:`judge_with_retries`,
-:func:`judgment_rows`), never as a default score.
+Replies are parsed by :func:`parse_judge_reply`: each axis needs exactly one score in 1-10
+(decimals kept); a range ("7-8"), several or contradicting numbers for an axis, a missing axis
+or a truncated reply (finish_reason "length") is a failure with a reason code, never a number.
+A reply that does not parse is retried and finally recorded as a failed judgment with its raw
+text (:func:`judge_with_retries`, :func:`judgment_rows`), never as a default score.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from medhall.ids import canonical_json, content_id, sha256_hex
 
@@ -47,7 +50,13 @@ TEMPLATE_FILES = ("system.txt", "user.txt", "rubric.txt", "anchor_note.txt", "an
 #: with the official prompt, not one of ours).
 RELEASE_RUBRIC = "medhalltune-official"
 
-Score = Annotated[int, Field(ge=1, le=10, strict=True)]
+MIN_SCORE, MAX_SCORE = 1, 10
+#: The reply-parsing policy: part of the judge stage's work-folder key, so judgments parsed
+#: under an older policy are parsed again (from the LLM cache) rather than reused. 2: ranges,
+#: ambiguous and truncated replies are failures; decimals are kept.
+PARSER_VERSION = 2
+
+Score = Annotated[float, Field(ge=MIN_SCORE, le=MAX_SCORE, strict=True)]
 
 
 # --------------------------------------------------------------------------- rubric
@@ -103,7 +112,8 @@ def _read_rubric(folder: Path, version: str) -> Rubric:
 
 
 class JudgeScores(BaseModel):
-    """The four rubric scores (integers 1-10) and the judge's explanation.
+    """The four rubric scores (numbers 1-10, a judge's 7.5 kept as given) and the judge's
+    explanation. Ints are accepted (and held as floats); strings and booleans are not.
 
     Usable as the LLM layer's structured-output schema (a JSON object with these keys).
     """
@@ -116,21 +126,23 @@ class JudgeScores(BaseModel):
     risk_level: Score = Field(description="Risk Level (the official 'Lethal Level'), 1-10; higher is safer.")
     explanation: str = Field(default="", description="Why these scores.")
 
-    def values(self) -> tuple[int, int, int, int]:
+    def values(self) -> tuple[float, float, float, float]:
         """The four scores in rubric order."""
         return (self.clinical_accuracy, self.clinical_relevance, self.detail_level, self.risk_level)
 
     def as_reply(self) -> str:
-        """The official reply layout: a first line "a b c d", then the explanation."""
-        line = " ".join(str(v) for v in self.values())
+        """The official reply layout: a first line "a b c d" (7, not 7.0; 7.5 as 7.5), then the
+        explanation."""
+        line = " ".join(f"{v:g}" for v in self.values())
         return f"{line}\n\n{self.explanation}".rstrip()
 
 
 class JudgeParseError(ValueError):
     """A judge reply that could not be read as four scores; ``reason`` is a short code.
 
-    Reasons: ``empty``, ``no_scores``, ``wrong_count``, ``missing_score``, ``not_integer``,
-    ``out_of_range``, ``ambiguous``, ``bad_json``.
+    Reasons (see :func:`parse_judge_reply`): ``truncated_reply``, ``empty``, ``no_scores``,
+    ``range_score``, ``ambiguous_score``, ``missing_axis``, ``wrong_count``, ``out_of_range``,
+    ``not_a_number``, ``bad_json``.
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -178,12 +190,25 @@ def build_judge_messages(
 
 
 # --------------------------------------------------------------------------- parsing
+#
+# The score grammar, shared by every layout (first line, labelled, JSON strings):
+#   score  = number ["/10" | "out of 10"]       7, 7.5, 7/10, 7.5/10, 7 out of 10
+#   range  = score ("-" | "–" | "—" | "~" | "/" | "to" | "or") score      7-8, 7 to 8, 7/8
+#   phrase = score, then more scores joined by range or list separators (",", ";", spaces, "and")
+# A number over anything but 10 ("7/8", "4/5") is a range or another scale, never a 1-10 score.
 
-_NUM = r"(\d+(?:\.\d+)?)(?:\s*/\s*10)?"
+_NUMBER = r"\d+(?:\.\d+)?"
+_OUT_OF_TEN = r"(?:[ \t]*/[ \t]*10|[ \t]+out[ \t]+of[ \t]+10)(?!\.?\d)"
+_SCORE = rf"(?P<n>{_NUMBER})(?:{_OUT_OF_TEN})?"
+_RANGE_GAP = r"[ \t]*(?:[-–—~/]|\b(?:to|or)\b)[ \t]*"
+_LIST_GAP = r"(?:[ \t]*[,;][ \t]*|[ \t]+)(?:and[ \t]+)?"
+_PHRASE = rf"{_SCORE}(?:(?:{_RANGE_GAP}|{_LIST_GAP}){_SCORE})*".replace("(?P<n>", "(?:")
+_SCORE_RX = re.compile(_SCORE, re.IGNORECASE)
+_RANGE_RX = re.compile(_RANGE_GAP, re.IGNORECASE)
+_PHRASE_RX = re.compile(_PHRASE, re.IGNORECASE)
 _LINE_PREFIX = re.compile(r"^\s*(?:(?:final\s+)?(?:scores?|ratings?)\s*[:=\-]\s*)", re.IGNORECASE)
 _DECOR = re.compile(r"[*_`#>\[\]()]")
-_SCORE_LINE = re.compile(rf"^\s*{_NUM}(?:\s*[,;\s]\s*{_NUM})*\s*$")
-_SCORE_TOKEN = re.compile(_NUM)
+_MARKUP = str.maketrans({"*": None, "`": None, "_": " "})
 _LABELS = {
     "clinical_accuracy": r"(?:clinical\s+)?accuracy",
     "clinical_relevance": r"(?:clinical\s+)?relevance",
@@ -191,7 +216,7 @@ _LABELS = {
     "risk_level": r"(?:risk|lethal|lethality|safety)(?:\s+level)?",
 }
 _LABELLED = {
-    axis: re.compile(rf"(?<![a-z])(?:{label})\s*\**\s*(?:score)?\s*[:=\-–]\s*\**\s*{_NUM}", re.IGNORECASE)
+    axis: re.compile(rf"(?<![a-z])(?:{label})[ \t]*(?:score)?[ \t]*[:=\-–—][ \t]*(?P<phrase>{_PHRASE})", re.IGNORECASE)
     for axis, label in _LABELS.items()
 }
 _JSON_KEYS = {
@@ -206,27 +231,39 @@ _LEADING_JSON = re.compile(r"(?:```(?:json)?\s*)?\{", re.IGNORECASE)
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
-def parse_judge_reply(text: str | None) -> JudgeScores:
+def parse_judge_reply(text: str | None, *, finish_reason: str | None = None) -> JudgeScores:
     """Read the four scores from a judge reply, or raise :class:`JudgeParseError`.
 
-    Accepted, tried in this order:
+    ``finish_reason`` is the LLM layer's: ``"length"`` (cut at max_tokens) is a failure
+    (``truncated_reply``) whatever the text holds; a partial reply is never read.
+
+    Layouts, tried in this order:
 
     1. JSON, when the reply starts with ``{`` (bare or in a ``` fence); keys in
        any case/spacing (``Clinical Accuracy``, ``clinical_accuracy``, ``accuracy``, ``Lethal
-       Level``, ...) or ``"scores": [a, b, c, d]``; values ints, integral floats or ``"7"`` /
-       ``"7/10"``; the explanation from ``explanation`` / ``reason`` / ``rationale``.
-    2. The official first line: four numbers separated by spaces, commas or semicolons,
-       each optionally ``/10``, optionally after ``Scores:`` and inside markdown emphasis or
+       Level``, ...) or ``"scores": [a, b, c, d]``; values numbers or strings such as
+       ``"7"``, ``"7.5"``, ``"7/10"``; the explanation from ``explanation`` / ``reason`` / ...
+    2. The official first line: four scores separated by spaces, commas or semicolons, each
+       optionally ``/10``, optionally after ``Scores:`` and inside markdown emphasis or
        brackets (``7 8 6 9``, ``7, 8, 6, 9``, ``**7/10 8/10 6/10 9/10**``). The rest of the
-       reply is the explanation. A first line made only of numbers but not four of them is
-       rejected (``wrong_count``), not searched further.
+       reply is the explanation, and is not read for scores. A first line made only of
+       scores but not four of them is rejected (``wrong_count``), not searched further.
     3. Labelled scores anywhere: ``Clinical Accuracy: 7`` ... ``Risk Level: 9`` (also
-       ``Lethal Level``, ``Detail``, ``**Accuracy**: 7/10``). All four must be present and each
-       must have one value (``ambiguous`` otherwise).
+       ``Lethal Level``, ``Detail``, ``**Clinical Accuracy:** 7``, ``clinical_accuracy = 7``).
     4. A JSON object embedded in other text (``Here are my scores: {...}``).
 
-    Every score must be an integer 1-10 (``not_integer``, ``out_of_range``).
+    Every axis must have exactly one score, a number 1-10 kept as given (7.5 stays 7.5):
+
+    - ``range_score``: a range (``7-8``, ``7–8``, ``7 to 8``, ``7 or 8``, ``7/8``); ``N/10``
+      and ``N out of 10`` are one score out of ten, any other ``N/M`` is a range.
+    - ``ambiguous_score``: several numbers for one axis (``Accuracy: 7, 8``, a JSON list), or
+      an axis given twice with different values (the same value twice is fine).
+    - ``missing_axis``: an axis without a score; ``wrong_count``: a score line or list that
+      is not four scores; ``out_of_range``: outside 1-10; ``not_a_number``: ``"high"``,
+      ``true``; ``no_scores``, ``empty``, ``bad_json``.
     """
+    if finish_reason == "length":
+        raise JudgeParseError("truncated_reply", "the reply was cut at max_tokens (finish_reason=length); it is not read")
     if text is None or not text.strip():
         raise JudgeParseError("empty", "the reply is empty")
     text = text.strip()
@@ -238,59 +275,72 @@ def parse_judge_reply(text: str | None) -> JudgeScores:
     if found is None:
         raise JudgeParseError("no_scores", "no score line, labelled scores or JSON object found")
     values, explanation = found
-    return _validated(values, explanation)
+    return JudgeScores(**{axis: _in_scale(axis, values[axis]) for axis in AXES}, explanation=explanation.strip())
 
 
-def _validated(values: Mapping[str, Any], explanation: str) -> JudgeScores:
-    ints = {axis: _as_score(axis, values[axis]) for axis in AXES}
-    try:
-        return JudgeScores(**ints, explanation=explanation.strip())
-    except ValidationError as e:  # pragma: no cover - _as_score checks the same bounds
-        raise JudgeParseError("out_of_range", str(e)) from None
+def _in_scale(axis: str, value: float) -> float:
+    if not MIN_SCORE <= value <= MAX_SCORE:
+        raise JudgeParseError("out_of_range", f"{AXIS_LABELS[axis]} is {value:g}, outside {MIN_SCORE}-{MAX_SCORE}")
+    return value
 
 
-def _as_score(axis: str, value: Any) -> int:
-    """An integer 1-10 from an int, an integral float or a "7" / "7/10" string."""
+def _scores_of(phrase: str, what: str) -> list[float]:
+    """The scores of a phrase, in order; ``range_score`` when two are joined as a range."""
+    scores = list(_SCORE_RX.finditer(phrase))
+    for a, b in pairwise(scores):
+        if _RANGE_RX.fullmatch(phrase[a.end() : b.start()]):
+            raise JudgeParseError("range_score", f"{what} is a range ({phrase[a.start() : b.end()]!r}), not one score")
+    return [float(m.group("n")) for m in scores]
+
+
+def _read_phrase(axis: str, phrase: str) -> float:
+    """The one score a phrase gives an axis (``range_score`` / ``ambiguous_score`` otherwise)."""
+    scores = _scores_of(phrase, AXIS_LABELS[axis])
+    if len(scores) != 1:
+        raise JudgeParseError("ambiguous_score", f"{AXIS_LABELS[axis]} has several numbers ({phrase.strip()!r})")
+    return scores[0]
+
+
+def _as_score(axis: str, value: Any) -> float:
+    """A JSON value as a score: a number, or a string that is one score ("7", "7.5", "7/10")."""
     label = AXIS_LABELS[axis]
-    if isinstance(value, bool):
-        raise JudgeParseError("not_integer", f"{label} is a boolean")
-    if isinstance(value, str):
-        m = re.fullmatch(rf"\s*{_NUM}\s*", value)
-        if not m:
-            raise JudgeParseError("not_integer", f"{label} is {value!r}, not a number")
-        value = float(m.group(1))
-    if not isinstance(value, int | float):
-        raise JudgeParseError("not_integer", f"{label} is {type(value).__name__}, not a number")
-    if float(value) != int(value):
-        raise JudgeParseError("not_integer", f"{label} is {value}, not an integer")
-    score = int(value)
-    if not 1 <= score <= 10:
-        raise JudgeParseError("out_of_range", f"{label} is {score}, outside 1-10")
-    return score
+    if value is None:
+        raise JudgeParseError("missing_axis", f"{label} is null")
+    if isinstance(value, list):
+        raise JudgeParseError("ambiguous_score", f"{label} is a list ({json.dumps(value)}), not one score")
+    if isinstance(value, str) and _PHRASE_RX.fullmatch(value.strip()):
+        return _read_phrase(axis, value.strip())
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise JudgeParseError("not_a_number", f"{label} is {json.dumps(value)}, not a number")
+    return float(value)
 
 
-def _parse_first_line(text: str) -> tuple[dict[str, str], str] | None:
+def _parse_first_line(text: str) -> tuple[dict[str, float], str] | None:
     first, _, rest = text.partition("\n")
     line = _LINE_PREFIX.sub("", _DECOR.sub(" ", first)).strip()
-    if not _SCORE_LINE.match(line):
+    if not _PHRASE_RX.fullmatch(line):
         return None
-    numbers = [m.group(1) for m in _SCORE_TOKEN.finditer(line)]
-    if len(numbers) != len(AXES):
-        raise JudgeParseError("wrong_count", f"first line has {len(numbers)} numbers, expected 4: {first.strip()!r}")
-    return dict(zip(AXES, numbers, strict=True)), rest
+    scores = _scores_of(line, "a score on the first line")
+    if len(scores) != len(AXES):
+        raise JudgeParseError("wrong_count", f"first line has {len(scores)} scores, expected 4: {first.strip()!r}")
+    return dict(zip(AXES, scores, strict=True)), rest
 
 
-def _parse_labelled(text: str) -> tuple[dict[str, str], str] | None:
-    hits = {axis: {m.group(1) for m in rx.finditer(text)} for axis, rx in _LABELLED.items()}
+def _parse_labelled(text: str) -> tuple[dict[str, float], str] | None:
+    plain = text.translate(_MARKUP)
+    hits = {axis: [m.group("phrase") for m in rx.finditer(plain)] for axis, rx in _LABELLED.items()}
     if not any(hits.values()):
         return None
     missing = [AXIS_LABELS[a] for a, v in hits.items() if not v]
     if missing:
-        raise JudgeParseError("missing_score", f"no score for {', '.join(missing)}")
-    ambiguous = [f"{AXIS_LABELS[a]} ({', '.join(sorted(v))})" for a, v in hits.items() if len({float(x) for x in v}) > 1]
-    if ambiguous:
-        raise JudgeParseError("ambiguous", f"several values for {'; '.join(ambiguous)}")
-    return {axis: next(iter(v)) for axis, v in hits.items()}, text
+        raise JudgeParseError("missing_axis", f"no score for {', '.join(missing)}")
+    values = {}
+    for axis, phrases in hits.items():
+        given = {_read_phrase(axis, p) for p in phrases}
+        if len(given) > 1:
+            raise JudgeParseError("ambiguous_score", f"{AXIS_LABELS[axis]} is given twice with different values ({', '.join(f'{v:g}' for v in sorted(given))})")
+        values[axis] = given.pop()
+    return values, text
 
 
 def _json_candidates(text: str) -> list[str]:
@@ -303,15 +353,24 @@ def _json_candidates(text: str) -> list[str]:
     return out
 
 
-def _parse_json(text: str, *, strict: bool) -> tuple[dict[str, Any], str] | None:
+class _JsonObject(dict):
+    """A parsed JSON object that keeps its key-value pairs in order, repeated keys included
+    (``json`` would keep only the last value of a repeated key)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
+def _parse_json(text: str, *, strict: bool) -> tuple[dict[str, float], str] | None:
     """Scores from the first candidate that parses as a JSON object; ``strict``: the reply
     is meant to be JSON, so nothing parsing is an error (``bad_json``)."""
     for cand in _json_candidates(text):
         try:
-            obj = json.loads(cand)
+            obj = json.loads(cand, object_pairs_hook=_JsonObject)
         except ValueError:
             continue
-        if isinstance(obj, dict):
+        if isinstance(obj, _JsonObject):
             return _scores_from_object(obj)
     if strict:
         raise JudgeParseError("bad_json", "the reply looks like JSON but does not parse as an object")
@@ -322,31 +381,55 @@ def _norm_key(key: str) -> str:
     return re.sub(r"[^a-z]", "", key.lower())
 
 
-def _scores_from_object(obj: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+def _scores_from_object(obj: _JsonObject) -> tuple[dict[str, float], str]:
     """Scores from a JSON object (flat, nested under "scores", or "scores": [a, b, c, d])."""
-    nested = next((v for k, v in obj.items() if _norm_key(k) in ("scores", "score", "ratings")), None)
+    nested = next((v for k, v in obj.pairs if _norm_key(k) in ("scores", "score", "ratings")), None)
     if isinstance(nested, list):
         if len(nested) != len(AXES):
             raise JudgeParseError("wrong_count", f"'scores' has {len(nested)} values, expected 4")
-        values: dict[str, Any] = dict(zip(AXES, nested, strict=True))
+        values = {axis: _as_score(axis, v) for axis, v in zip(AXES, nested, strict=True)}
     else:
-        source = nested if isinstance(nested, dict) else obj
         values = {}
-        for key, value in source.items():
+        for key, value in (nested if isinstance(nested, _JsonObject) else obj).pairs:
             axis = _JSON_KEYS.get(_norm_key(key))
             if axis is None:
                 continue
-            if axis in values and values[axis] != value:
-                raise JudgeParseError("ambiguous", f"several values for {AXIS_LABELS[axis]}")
-            values[axis] = value
+            score = _as_score(axis, value)
+            if axis in values and values[axis] != score:
+                raise JudgeParseError("ambiguous_score", f"{AXIS_LABELS[axis]} is given twice with different values "
+                                                         f"({values[axis]:g}, {score:g})")
+            values[axis] = score
     missing = [AXIS_LABELS[a] for a in AXES if a not in values]
     if missing:
-        raise JudgeParseError("missing_score", f"no score for {', '.join(missing)}")
-    explanation = next((obj[k] for k in obj if _norm_key(k) in _EXPLANATION_KEYS), "")
+        raise JudgeParseError("missing_axis", f"no score for {', '.join(missing)}")
+    explanation = next((v for k, v in obj.pairs if _norm_key(k) in _EXPLANATION_KEYS), "")
     return values, explanation if isinstance(explanation, str) else json.dumps(explanation)
 
 
 # --------------------------------------------------------------------------- retries and rows
+
+
+@dataclass(frozen=True)
+class JudgeReply:
+    """A judge reply as the LLM layer returned it: the text and why generation stopped
+    (``finish_reason`` ``"length"``: cut at max_tokens, a ``truncated_reply`` failure)."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+Reply = str | JudgeReply | None
+
+
+def parse_reply(reply: str | JudgeReply) -> JudgeScores:
+    """:func:`parse_judge_reply` of a reply text or a :class:`JudgeReply` (finish reason included)."""
+    if isinstance(reply, JudgeReply):
+        return parse_judge_reply(reply.text, finish_reason=reply.finish_reason)
+    return parse_judge_reply(reply)
+
+
+def _text(reply: str | JudgeReply) -> str:
+    return reply.text if isinstance(reply, JudgeReply) else reply
 
 
 @dataclass(frozen=True)
@@ -363,10 +446,12 @@ class JudgeOutcome:
         return self.scores is not None
 
 
-def outcome_from_replies(replies: Sequence[str | None], errors: Sequence[str | None] = ()) -> JudgeOutcome:
+def outcome_from_replies(replies: Sequence[Reply], errors: Sequence[str | None] = ()) -> JudgeOutcome:
     """The outcome of successive replies to one judge request: the first that parses wins.
 
-    ``errors[i]`` (optional) is why call ``i`` produced no reply (e.g. the LLM layer's error).
+    A reply is its text or a :class:`JudgeReply` (a truncated one never parses); the outcome
+    keeps the last reply's text. ``errors[i]`` (optional) is why call ``i`` produced no reply
+    (e.g. the LLM layer's error).
     """
     error = None
     for i, reply in enumerate(replies):
@@ -374,26 +459,26 @@ def outcome_from_replies(replies: Sequence[str | None], errors: Sequence[str | N
             error = (errors[i] if i < len(errors) else None) or "no reply"
             continue
         try:
-            return JudgeOutcome(parse_judge_reply(reply), reply, i + 1)
+            return JudgeOutcome(parse_reply(reply), _text(reply), i + 1)
         except JudgeParseError as e:
             error = f"parse failed: {e}"
-    last = next((r for r in reversed(replies) if r is not None), None)
+    last = next((_text(r) for r in reversed(replies) if r is not None), None)
     return JudgeOutcome(None, last, len(replies), error or "no reply")
 
 
-Ask = Callable[[list[dict[str, str]], int], Awaitable[str | None]]
+Ask = Callable[[list[dict[str, str]], int], Awaitable[Reply]]
 
 
 async def judge_with_retries(ask: Ask, messages: list[dict[str, str]], max_attempts: int = 3) -> JudgeOutcome:
     """Call ``ask(messages, attempt)`` until a reply parses, at most ``max_attempts`` times.
 
-    ``ask`` is the flow's bridge to the LLM layer (it returns the reply text, or None when the
-    call failed). ``attempt`` (0, 1, ...) lets it bypass the cache on a retry: the cached
+    ``ask`` is the flow's bridge to the LLM layer (it returns the reply: its text or a
+    :class:`JudgeReply` with the finish reason, or None when the call failed). ``attempt`` (0, 1, ...) lets it bypass the cache on a retry: the cached
     reply of attempt 0 is the one that did not parse.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
-    replies: list[str | None] = []
+    replies: list[Reply] = []
     for attempt in range(max_attempts):
         replies.append(await ask(messages, attempt))
         outcome = outcome_from_replies(replies[-1:])
@@ -465,7 +550,11 @@ __all__ = [
     "AXIS_LABELS",
     "RELEASE_RUBRIC",
     "JudgeOutcome",
+    "MAX_SCORE",
+    "MIN_SCORE",
+    "PARSER_VERSION",
     "JudgeParseError",
+    "JudgeReply",
     "JudgeScores",
     "Rubric",
     "build_judge_messages",
@@ -476,4 +565,5 @@ __all__ = [
     "load_rubric",
     "outcome_from_replies",
     "parse_judge_reply",
+    "parse_reply",
 ]

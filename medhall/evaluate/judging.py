@@ -35,7 +35,11 @@ REPAIR_NOTE = (
 
 
 def judge_dir(store: ArtifactStore, cfg: EvalConfig, client: Any = None) -> Path:
-    key = sha256_hex(canonical_json([cfg.answer_key(), judge_identity(cfg, client)]))[:16]
+    """The judge stage's work folder, keyed by the answers, the judge and the reply-parsing
+    policy (judgments read under an older policy are judged again, mostly from the cache)."""
+    from medhall.evaluate.judge import PARSER_VERSION
+
+    key = sha256_hex(canonical_json([cfg.answer_key(), judge_identity(cfg, client), {"parser": PARSER_VERSION}]))[:16]
     return store.root / "work" / cfg.eval_dataset() / f"judge-{key}"
 
 
@@ -144,27 +148,30 @@ async def _judge_all(client: Any, items: Sequence[_JudgeItem], cfg: EvalConfig, 
 async def _judge_one(client: Any, item: _JudgeItem, cfg: EvalConfig, rubric_hash: str) -> Any:
     """:func:`judge_with_retries` over the layer: a retry after a reply that did not parse shows
     the judge its reply and the reason (a new request, cached on its own); a retry after a
-    failed call resends the request (failures are not cached)."""
-    from medhall.evaluate.judge import JudgeParseError, judge_with_retries, parse_judge_reply
+    failed call resends the request (failures are not cached). A reply cut at max_tokens
+    (finish_reason "length") is kept as the raw reply but never parsed (``truncated_reply``)."""
+    from medhall.evaluate.judge import JudgeParseError, JudgeReply, judge_with_retries, parse_reply
     from medhall.llm import ChatRequest, Message
 
     errors: list[str] = []
-    last: list[str] = []
+    last: list[JudgeReply] = []
 
-    async def ask(messages: list[dict[str, str]], attempt: int) -> str | None:
+    async def ask(messages: list[dict[str, str]], attempt: int) -> JudgeReply | None:
         if attempt and last:
             try:
-                parse_judge_reply(last[-1])
+                parse_reply(last[-1])
                 reason = "unknown"
             except JudgeParseError as e:
                 reason = str(e)
-            messages = [*messages, {"role": "assistant", "content": last[-1]}, {"role": "user", "content": REPAIR_NOTE.format(reason=reason)}]
+            messages = [*messages, {"role": "assistant", "content": last[-1].text},
+                        {"role": "user", "content": REPAIR_NOTE.format(reason=reason)}]
         request = ChatRequest(messages=[Message(role=m["role"], content=m["content"]) for m in messages], temperature=0.0,
                               max_tokens=cfg.judge_max_tokens, stage="judge", template_hash=rubric_hash)
         result = await client.acomplete(request)
         if result.text is not None and (result.ok or result.error_kind == "truncated"):
-            last.append(result.text)
-            return result.text
+            truncated = result.error_kind == "truncated" or result.finish_reason == "length"
+            last.append(JudgeReply(result.text, "length" if truncated else result.finish_reason))
+            return last[-1]
         errors.append(f"{result.error_kind or 'failed'}: {result.error or 'no reply'}")
         return None
 

@@ -29,8 +29,9 @@ import pyarrow.parquet as pq
 
 from medhall import __version__, atomic
 from medhall.config import get_settings
+from medhall.errors import MedhallError
 from medhall.ids import canonical_json, file_sha256, sha256_hex
-from medhall.schema import SCHEMA_VERSION, conform, schema_for
+from medhall.schema import SCHEMA_VERSION, conform, schema_for, upgrade
 
 DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 VERSION_RE = re.compile(r"^v(\d{6})$")
@@ -39,7 +40,7 @@ DATA_FILE = "data.parquet"
 MANIFEST = "manifest.json"
 
 
-class StoreError(RuntimeError):
+class StoreError(MedhallError, RuntimeError):
     """A problem with the artifact store, explained."""
 
 
@@ -100,7 +101,10 @@ class Artifact:
         return f"{self.dataset}/{self.table}/v{self.version:06d}"
 
     def read(self, columns: Sequence[str] | None = None) -> pa.Table:
-        return pq.read_table(self.data_path, columns=list(columns) if columns else None)
+        """The data (``columns`` only, when given), in the current schema's types: a version
+        written under an older schema has its retyped fields cast (:func:`medhall.schema.upgrade`)."""
+        data = pq.read_table(self.data_path, columns=list(columns) if columns else None)
+        return upgrade(self.table, data, int(self.manifest.get("schema_version", SCHEMA_VERSION)))
 
 
 class ArtifactStore:
@@ -150,7 +154,10 @@ class ArtifactStore:
     def get(self, table: str, dataset: str, version: int | None = None) -> Artifact:
         vs = self.versions(table, dataset)
         if not vs:
-            raise StoreError(f"no artifact {dataset}/{table} in {self.tables_root}")
+            having = sorted({a.dataset for a in self.artifacts() if a.table == table})
+            raise StoreError(f"no {table} table for dataset {dataset!r} in {self.root}"
+                             + (f" (datasets with one: {', '.join(having[:12])})" if having else
+                                " (the store has none yet: `medhall demo`, or ingest and build a dataset first)"))
         if version is None:
             return vs[-1]
         for a in vs:

@@ -39,6 +39,13 @@ def test_rubric_files_and_hash():
     assert "first line" in r.rubric and "7 8 6 9" in r.rubric
 
 
+def test_packaged_templates_are_read_from_prompts_judge_version():
+    from medhall.evaluate.judge import _templates_dir
+
+    folder = _templates_dir("v1")
+    assert folder.parts[-3:] == ("prompts", "judge", "v1") and (folder / "rubric.txt").is_file()
+
+
 def test_rubric_hash_follows_the_text(tmp_path: Path):
     folder = tmp_path / "custom"
     shutil.copytree(Path(str(resources.files("medhall").joinpath("prompts", "judge", "v1"))), folder)
@@ -148,23 +155,25 @@ REJECTED = {
     "eleven": ("7 8 6 11", "out_of_range"),
     "three numbers": ("7 8 6\nExplanation.", "wrong_count"),
     "five numbers": ("7 8 6 9 10", "wrong_count"),
-    "half point": ("7.5 8 6 9", "not_integer"),
-    "labelled missing": ("Clinical Accuracy: 7\nClinical Relevance: 8\nDetail Level: 6", "missing_score"),
-    "labelled ambiguous": ("Clinical Accuracy: 7\nClinical Relevance: 8\nDetail Level: 6\nRisk Level: 9\nClinical Accuracy: 3", "ambiguous"),
+    "labelled missing": ("Clinical Accuracy: 7\nClinical Relevance: 8\nDetail Level: 6", "missing_axis"),
+    "labelled ambiguous": ("Clinical Accuracy: 7\nClinical Relevance: 8\nDetail Level: 6\nRisk Level: 9\nClinical Accuracy: 3", "ambiguous_score"),
     "labelled out of range": ("Clinical Accuracy: 0\nClinical Relevance: 8\nDetail Level: 6\nRisk Level: 9", "out_of_range"),
-    "json missing": ('{"accuracy": 7, "relevance": 8, "detail": 6}', "missing_score"),
+    "json missing": ('{"accuracy": 7, "relevance": 8, "detail": 6}', "missing_axis"),
     "json broken": ('{"accuracy": 7, "relevance": 8', "bad_json"),
-    "json boolean": ('{"accuracy": true, "relevance": 8, "detail": 6, "risk": 9}', "not_integer"),
-    "json words": ('{"accuracy": "high", "relevance": 8, "detail": 6, "risk": 9}', "not_integer"),
+    "json boolean": ('{"accuracy": true, "relevance": 8, "detail": 6, "risk": 9}', "not_a_number"),
+    "json words": ('{"accuracy": "high", "relevance": 8, "detail": 6, "risk": 9}', "not_a_number"),
     "json eleven": ('{"accuracy": 11, "relevance": 8, "detail": 6, "risk": 9}', "out_of_range"),
     "json list short": ('{"scores": [7, 8, 6]}', "wrong_count"),
+    "range": ("Clinical Accuracy: 7-8\nClinical Relevance: 8\nDetail Level: 6\nRisk Level: 9", "range_score"),
+    "several numbers": ("Clinical Accuracy: 7, 8\nClinical Relevance: 8\nDetail Level: 6\nRisk Level: 9", "ambiguous_score"),
+    "truncated": ("7 8 6 9\nThe answer", "truncated_reply"),
 }
 
 
 @pytest.mark.parametrize(("text", "reason"), REJECTED.values(), ids=REJECTED.keys())
 def test_rejects_with_reason(text: str | None, reason: str):
     with pytest.raises(JudgeParseError) as err:
-        parse_judge_reply(text)
+        parse_judge_reply(text, finish_reason="length" if reason == "truncated_reply" else "stop")
     assert err.value.reason == reason
 
 
@@ -211,6 +220,13 @@ def test_judge_with_retries_calls_until_parsed():
 
     failed = asyncio.run(judge_with_retries(always_bad, [], max_attempts=3))
     assert not failed.ok and failed.attempts == 3 and failed.raw == "still garbage"
+
+
+def test_judgment_id_is_the_content_hash_of_what_identifies_a_judgment():
+    from medhall.ids import content_id
+
+    assert judgment_id("m", "qa_1", "gpt-4o", "h") == content_id("jdg", "m", "qa_1", "gpt-4o", "h")
+    assert judgment_id("m", "qa_1", "gpt-4o", "h").startswith("jdg_")
 
 
 def test_judgment_rows_keep_failures():

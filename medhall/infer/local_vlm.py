@@ -194,10 +194,15 @@ class LocalVLM:
         """One answer per item, in order, ``batch_size`` items per generate call."""
         if not items:
             return []
+        from medhall.llm.progress import ItemProgress
+
         self.load()
         answers: list[Answer] = []
-        for start in range(0, len(items), self.batch_size):
-            answers.extend(self._answer_batch(items[start : start + self.batch_size]))
+        with ItemProgress(len(items), f"answering ({self.name})", unit="answers") as bar:
+            for start in range(0, len(items), self.batch_size):
+                batch = items[start : start + self.batch_size]
+                answers.extend(self._answer_batch(batch))
+                bar.advance(len(batch))
         return answers
 
     def _answer_batch(self, batch: Sequence[Query]) -> list[Answer]:

@@ -60,3 +60,36 @@ class BatchProgress:
         self.failed += not result.ok
         self._progress.update(self._task, advance=1, tokens=self.tokens, cost=self.cost,
                               cached=self.cached, failed=self.failed)
+
+
+class ItemProgress:
+    """A progress bar (done/total, rate, ETA) for a long local loop (answers, scores); shown only
+    on a terminal, so logs and pipes stay clean. :meth:`advance` once per ``n`` items done."""
+
+    def __init__(self, total: int, description: str, *, unit: str = "items") -> None:
+        import sys
+
+        self._progress: Progress | None = None
+        if total > 0 and sys.stderr.isatty():
+            from rich.console import Console
+
+            unit_column = TextColumn(f"{{task.fields[rate]}} {unit}/s")
+            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      unit_column, TimeRemainingColumn(), console=Console(stderr=True),
+                                      transient=False)
+            self._task = self._progress.add_task(description, total=total, rate="-")
+
+    def __enter__(self) -> ItemProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def advance(self, n: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+            speed = self._progress.tasks[0].speed
+            self._progress.update(self._task, rate=f"{speed:,.1f}" if speed else "-")

@@ -192,6 +192,9 @@ def build(
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible URL (default MEDHALL_LLM_BASE_URL).")] = None,
     text_only: Annotated[bool, typer.Option("--text-only", help="Send captions without images.")] = False,
     max_cost: Annotated[float | None, typer.Option("--max-cost", help="Budget cap in USD for LLM calls.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds one LLM request may take before it is retried.")] = 60.0,
+    attempts: Annotated[int, typer.Option(help="Attempts per LLM request (rate limits, 5xx, timeouts are retried).")] = 4,
+    concurrency: Annotated[int, typer.Option(help="LLM requests in flight at once.")] = 16,
     test_images: Annotated[int, typer.Option(help="Images in the test split.")] = 200,
     shard_size: Annotated[int, typer.Option(help="Images per shard (one task each).")] = 1000,
     seed: Annotated[int, typer.Option()] = 0,
@@ -207,7 +210,11 @@ def build(
     from medhall.endpoints import LLMSettings
 
     uses_llm = generator == "llm" or llm_qc
-    llm = LLMSettings(backend=backend, model=model, base_url=base_url, text_only=text_only, max_cost_usd=max_cost) if uses_llm else None
+    try:
+        llm = LLMSettings(backend=backend, model=model, base_url=base_url, text_only=text_only, max_cost_usd=max_cost,
+                          timeout_s=timeout, max_attempts=attempts, concurrency=concurrency) if uses_llm else None
+    except ValueError as e:
+        _fail(_short(e))
     try:
         cfg = BuildConfig(
             source=source, dataset=dataset, generator=generator, questions_per_image=questions_per_image, llm=llm,
@@ -251,6 +258,9 @@ def evaluate(
     api_url: Annotated[str | None, typer.Option(help="api: OpenAI-compatible base URL.")] = None,
     judge_model: Annotated[str | None, typer.Option(help="Judge model (e.g. gpt-4o); enables the clinical judge.")] = None,
     judge_url: Annotated[str | None, typer.Option(help="Judge's OpenAI-compatible base URL.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds one LLM request (judge, API model) may take.")] = 60.0,
+    attempts: Annotated[int, typer.Option(help="Attempts per LLM request.")] = 4,
+    concurrency: Annotated[int, typer.Option(help="LLM requests in flight at once.")] = 16,
     baseline: Annotated[str | None, typer.Option(help="Model whose judged answers anchor the judge.")] = None,
     split: Annotated[str, typer.Option(help="test, train, or all.")] = "test",
     max_questions: Annotated[int | None, typer.Option(help="Cap the questions (a seeded sample).")] = None,
@@ -269,9 +279,13 @@ def evaluate(
         spec.update(path=(path or [None])[0], adapter=adapter)
     elif model == "import":
         spec.update(paths=path or [])
-    elif model == "api":
-        spec.update(llm={"model": api_model, "base_url": api_url})
-    judge = LLMSettings(base_url=judge_url, model=judge_model) if (judge_url or judge_model) else None
+    limits = {"timeout_s": timeout, "max_attempts": attempts, "concurrency": concurrency}
+    if model == "api":
+        spec.update(llm={"model": api_model, "base_url": api_url, **limits})
+    try:
+        judge = LLMSettings(base_url=judge_url, model=judge_model, **limits) if (judge_url or judge_model) else None
+    except ValueError as e:
+        _fail(_short(e))
     if adapter and path and compare_with is None:  # a fine-tuned model beside its base (the paper's "+MedHallTune")
         from medhall.infer.local_vlm import default_name
 

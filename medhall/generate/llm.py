@@ -168,7 +168,7 @@ class LLMGenerator:
         results: list[Any] = [None] * len(requests)
         for sch in dict.fromkeys(schemas):
             idx = [i for i, s in enumerate(schemas) if s is sch]
-            for i, r in zip(idx, self.client.run([requests[i] for i in idx], sch, progress=False), strict=True):
+            for i, r in zip(idx, self.client.run([requests[i] for i in idx], sch, progress=True), strict=True):
                 results[i] = r
         return results
 

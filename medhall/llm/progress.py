@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,7 +28,9 @@ class BatchProgress:
     """Context manager; :meth:`update` once per finished result. Disabled: does nothing."""
 
     def __init__(self, total: int, *, enabled: bool = True, description: str = "LLM calls") -> None:
-        self.enabled = enabled and total > 0
+        import sys
+
+        self.enabled = enabled and total > 0 and sys.stderr.isatty()  # a terminal only: logs stay clean
         self.tokens = self.failed = self.cached = 0
         self.cost = 0.0
         self._progress: Progress | None = None
@@ -37,7 +40,7 @@ class BatchProgress:
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
                 TimeRemainingColumn(), TextColumn("{task.fields[tokens]:,} tok"),
                 TextColumn("${task.fields[cost]:.4f}"), TextColumn("{task.fields[cached]:,} cached"),
-                TextColumn("[red]{task.fields[failed]:,} failed"),
+                TextColumn("[red]{task.fields[failed]:,} failed"), console=Console(stderr=True),
             )
             self._task = self._progress.add_task(description, total=total, tokens=0, cost=0.0, cached=0, failed=0)
 
@@ -71,8 +74,6 @@ class ItemProgress:
 
         self._progress: Progress | None = None
         if total > 0 and sys.stderr.isatty():
-            from rich.console import Console
-
             unit_column = TextColumn(f"{{task.fields[rate]}} {unit}/s")
             self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                       unit_column, TimeRemainingColumn(), console=Console(stderr=True),

@@ -70,7 +70,7 @@ class LLMSelfCheck:
         captions = dict(zip(images.column("image_id").to_pylist(), images.column("caption").to_pylist(), strict=True))
         rows = pairs.select(["qa_id", "image_id", "question", "answer"]).to_pylist()
         requests = [self.request(captions.get(r["image_id"]) or "", r["question"], r["answer"] or "") for r in rows]
-        results = self.client.run(requests, SelfCheck, progress=False)
+        results = self.client.run(requests, SelfCheck, progress=True)
         out = []
         for row, res in zip(rows, results, strict=True):
             if res.ok and res.parsed is not None:

@@ -84,6 +84,12 @@ def test_failed_qc_requests_quarantine_their_images_and_nothing_is_lost(corpus_s
     done = outcome(corpus_store, cfg)
     assert not done.ok and done.failed["qc_error"] >= 1 and done.failed_images == len(held)
     assert outcome(corpus_store, cfg, max_failed_share=1.0).ok  # the threshold is the caller's
+    from medhall.build import statistics
+
+    qc = {r["check"]: r for r in statistics(corpus_store, cfg)["qc"].to_pylist()}
+    undecided = sum(1 for r in _one(corpus_store, "select reason from quarantine__flaky_qc") if r["reason"] == "qc_error")
+    assert qc["llm:self_check"]["errors"] >= 1 and qc["any"]["errors"] >= qc["llm:self_check"]["errors"]
+    assert undecided >= 1  # the table and the quarantine agree that the check failed
 
 
 def test_the_build_command_exits_non_zero_with_the_reason(corpus_store, monkeypatch) -> None:

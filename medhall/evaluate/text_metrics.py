@@ -22,16 +22,20 @@ are imported inside the functions that need them.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from medhall.errors import MedhallError
 from medhall.ids import canonical_json
+
+if TYPE_CHECKING:
+    from medhall.evaluate.metric_cache import MetricCache
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 METRICS = ("meteor", *ROUGE_TYPES, "bertscore_f1")
@@ -103,14 +107,18 @@ def rouge(refs: Sequence[str], hyps: Sequence[str], *, use_stemmer: bool = True)
     _check_pairs(refs, hyps)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
     scored = [scorer.score(r, h) for r, h in zip(refs, hyps, strict=True)]
-    params = {"impl": "rouge_score.RougeScorer", "rouge_score": _version("rouge-score"), "use_stemmer": use_stemmer, "value": "fmeasure"}
-    return [MetricResult(t, [float(s[t].fmeasure) for s in scored], {**params, "rouge_type": t}) for t in ROUGE_TYPES]
+    return [MetricResult(t, [float(s[t].fmeasure) for s in scored], rouge_params(t, use_stemmer)) for t in ROUGE_TYPES]
+
+
+def rouge_params(rouge_type: str, use_stemmer: bool = True) -> dict[str, Any]:
+    return {"impl": "rouge_score.RougeScorer", "rouge_score": _version("rouge-score"), "use_stemmer": use_stemmer,
+            "value": "fmeasure", "rouge_type": rouge_type}
 
 
 # --------------------------------------------------------------------------- BERTScore
 
 
-class EncoderUnavailable(RuntimeError):
+class EncoderUnavailable(MedhallError, RuntimeError):
     """The BERTScore encoder could not be loaded (not installed, or the hub is unreachable)."""
 
 
@@ -151,18 +159,111 @@ def bertscore_params(model: str | None = None, num_layers: int | None = None) ->
     }
 
 
+@dataclass(frozen=True)
+class _Encoder:
+    """A BERTScore encoder loaded as ``bert_score`` loads it (same tokenizer, same truncated model)."""
+
+    tokenizer: Any
+    model: Any
+    device: str
+    unweighted: frozenset[int]  # token ids with weight 0 without idf: [CLS] and [SEP] (<s>, </s>)
+
+
 @lru_cache(maxsize=2)
-def _scorer(model_type: str, num_layers: int, batch_size: int) -> Any:
-    import bert_score
+def _encoder(model_type: str, num_layers: int) -> _Encoder:
+    """Tokenizer and model, loaded once per process (``bert_score.score`` loads them per call)."""
+    import torch
+    from bert_score.utils import get_model, get_tokenizer
 
     try:
-        return bert_score.BERTScorer(model_type=model_type, num_layers=num_layers, batch_size=batch_size, lang="en")
+        tokenizer = get_tokenizer(model_type, use_fast=False)  # BERTScorer's default
+        model = get_model(model_type, num_layers)
     except OSError as e:
         raise EncoderUnavailable(
             f"BERTScore encoder {model_type!r} could not be loaded ({e}). Off the Hugging Face hub "
             f"(HF_HUB_OFFLINE=1) only local encoders work: use model=None for the shipped "
             f"{DEFAULT_ENCODER}, or download {model_type!r} first."
         ) from e
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    return _Encoder(tokenizer, model, device, frozenset({tokenizer.sep_token_id, tokenizer.cls_token_id}))
+
+
+def _length_batches(lengths: Sequence[int], max_tokens: int, max_sentences: int) -> list[range]:
+    """Consecutive index ranges over ``lengths`` (ascending) whose padded size (count x longest)
+    stays within ``max_tokens`` and ``max_sentences`` (a sentence longer than the budget alone)."""
+    batches, start = [], 0
+    for end in range(1, len(lengths) + 1):
+        if end == len(lengths) or (end + 1 - start) * lengths[end] > max_tokens or end - start >= max_sentences:
+            batches.append(range(start, end))
+            start = end
+    return batches
+
+
+def _embed(enc: _Encoder, sentences: Iterable[str], max_tokens: int, max_sentences: int) -> dict[str, tuple[Any, Any]]:
+    """Each distinct sentence's last-layer token embeddings, L2-normalised per token, and its
+    token weights (1, 0 for [CLS]/[SEP], summing to 1): the two things greedy matching needs.
+
+    Sentences are tokenised exactly as ``bert_score`` does (``sent_encode``, truncation at the
+    tokenizer's maximum) and run through the encoder sorted by token count, so a batch holds
+    sentences of (almost) the same length and padding costs almost nothing; ``bert_score``
+    sorts by word count and pads 64 sentences to the longest.
+    """
+    import torch
+    from bert_score.utils import sent_encode
+
+    ids = {s: sent_encode(enc.tokenizer, s) for s in dict.fromkeys(sentences)}
+    order = sorted(ids, key=lambda s: len(ids[s]))
+    lengths = [len(ids[s]) for s in order]
+    pad = enc.tokenizer.pad_token_id
+    out: dict[str, tuple[Any, Any]] = {}
+    with torch.inference_mode():
+        for batch in _length_batches(lengths, max_tokens, max_sentences):
+            width = lengths[batch[-1]]
+            tokens = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                tokens[row, : lengths[i]] = torch.tensor(ids[order[i]], dtype=torch.long)
+                mask[row, : lengths[i]] = 1
+            hidden = enc.model(tokens.to(enc.device), attention_mask=mask.to(enc.device))[0]
+            hidden = hidden / torch.norm(hidden, dim=-1).unsqueeze(-1)
+            for row, i in enumerate(batch):
+                sentence = order[i]
+                weights = torch.tensor([0.0 if t in enc.unweighted else 1.0 for t in ids[sentence]], device=enc.device)
+                out[sentence] = (hidden[row, : lengths[i]].clone(), weights / weights.sum())
+    return out
+
+
+def _greedy_f1(pairs: Sequence[tuple[tuple[Any, Any], tuple[Any, Any]]]) -> list[float]:
+    """BERTScore F1 of ``(hypothesis, reference)`` pairs of :func:`_embed` outputs, as
+    ``bert_score.utils.greedy_cos_idf``: each token's best cosine in the other text, weighted by
+    its token weight; 0 where either text is empty. Batched as ``bert_score`` batches (the
+    same pairs together, a few tensor operations per batch), with its padding rule: a padded
+    position's similarity is 0, so a token whose real similarities are all negative gets 0
+    when its pair is padded in the batch (bert_score's behaviour, kept for identical values)."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    (hyp, wh), (ref, wr) = (list(zip(*side, strict=True)) for side in zip(*pairs, strict=True))
+    with torch.inference_mode():
+        h, r = pad_sequence(hyp, batch_first=True), pad_sequence(ref, batch_first=True)
+        wh, wr = pad_sequence(wh, batch_first=True), pad_sequence(wr, batch_first=True)
+        sim = torch.bmm(h, r.transpose(1, 2))
+        hyp_len = torch.tensor([len(x) for x in hyp], device=sim.device)
+        ref_len = torch.tensor([len(x) for x in ref], device=sim.device)
+        real_h = torch.arange(sim.shape[1], device=sim.device)[None, :] < hyp_len[:, None]
+        real_r = torch.arange(sim.shape[2], device=sim.device)[None, :] < ref_len[:, None]
+        sim = sim.masked_fill(~(real_h[:, :, None] & real_r[:, None, :]), 0.0)
+        p = (sim.max(dim=2)[0] * wh).sum(dim=1)
+        rec = (sim.max(dim=1)[0] * wr).sum(dim=1)
+        f = 2 * p * rec / (p + rec)
+        return f.masked_fill(torch.isnan(f), 0.0).tolist()
+
+
+#: Pairs per encoding pass: the embeddings of one pass's sentences are held in memory
+#: (about 80 KB per 50-token sentence with MiniLM, 200 KB with roberta-large). Rounded down
+#: to a multiple of ``batch_size``, so that a pass never splits a matching batch.
+BERTSCORE_PASS_PAIRS = 4096
 
 
 def bertscore(
@@ -171,18 +272,39 @@ def bertscore(
     model: str | None = None,
     num_layers: int | None = None,
     batch_size: int = 64,
+    *,
+    max_tokens: int = 8192,
 ) -> MetricResult:
     """BERTScore F1 per pair. ``model=None``: the shipped all-MiniLM-L6-v2 (layer 6);
     ``model="roberta-large"`` (layer 17) is the paper's encoder and needs the hub; any hub
-    name or local directory works with ``num_layers`` given."""
+    name or local directory works with ``num_layers`` given.
+
+    The values are ``bert_score.BERTScorer(model_type, num_layers).score(hyps, refs)``'s F1
+    (``benchmarks/bertscore_speed.py`` checks it on the release's pairs), computed faster: the
+    model is loaded once per process, each distinct sentence is encoded once, sorted by token
+    count so that a batch (``batch_size`` sentences, as ``bert_score``'s, fewer where
+    ``max_tokens`` padded tokens would be exceeded) holds sentences of nearly one length and
+    pads almost nothing, without autograd. Greedy matching takes the pairs ``batch_size`` at a
+    time in the given order, as ``bert_score`` does, because its padding rule makes a value
+    depend (rarely, by up to ~1e-4) on the other pairs of its batch: a token whose cosines
+    with every real token of the other text are negative scores 0 instead when the other
+    text is shorter than the longest in the batch (one reference token of one pair in 300
+    of the release). Kept, so that values equal ``bert_score``'s.
+    """
     _check_pairs(refs, hyps)
     params = bertscore_params(model, num_layers)
     if not refs:
         return MetricResult("bertscore_f1", [], params)
     model_type = str(default_encoder_dir()) if model is None else model
-    scorer = _scorer(model_type, params["num_layers"], batch_size)
-    _, _, f1 = scorer.score(list(hyps), list(refs), batch_size=batch_size)
-    return MetricResult("bertscore_f1", [float(v) for v in f1.tolist()], params)
+    enc = _encoder(model_type, params["num_layers"])
+    values: list[float] = []
+    step = max(1, BERTSCORE_PASS_PAIRS // batch_size) * batch_size
+    for start in range(0, len(refs), step):
+        r, h = refs[start : start + step], hyps[start : start + step]
+        emb = _embed(enc, [*r, *h], max_tokens, batch_size)
+        pairs = [(emb[b], emb[a]) for a, b in zip(r, h, strict=True)]
+        values += [v for i in range(0, len(pairs), batch_size) for v in _greedy_f1(pairs[i : i + batch_size])]
+    return MetricResult("bertscore_f1", values, params)
 
 
 # --------------------------------------------------------------------------- scores table
@@ -207,6 +329,19 @@ def _checked(metrics: Iterable[str]) -> list[str]:
     return wanted
 
 
+def metric_params(metric: str, bertscore_model: str | None = None, bertscore_layers: int | None = None) -> dict[str, Any]:
+    """The ``params`` a metric's rows will carry, without computing anything."""
+    if metric == "meteor":
+        return meteor_params()
+    if metric in ROUGE_TYPES:
+        return rouge_params(metric)
+    return bertscore_params(bertscore_model, bertscore_layers)
+
+
+def _group(metric: str) -> str:
+    return "rouge" if metric in ROUGE_TYPES else metric
+
+
 def compute_metrics(
     refs: Sequence[str],
     hyps: Sequence[str],
@@ -216,19 +351,50 @@ def compute_metrics(
     bertscore_layers: int | None = None,
     batch_size: int = 64,
     wordnet_cache: str | Path | None = None,
+    cache: MetricCache | None = None,
 ) -> list[MetricResult]:
     """The requested metrics (names from :data:`METRICS`) over the same pairs.
 
     ``wordnet_cache``: where METEOR's WordNet is assembled (default ``$MEDHALL_HOME/cache``).
+    ``cache``: a :class:`~medhall.evaluate.metric_cache.MetricCache`; values it holds for a
+    (metric, params, reference, hypothesis) are taken from it, only the other pairs are
+    scored (together, in their order), and their values are added to it.
     """
     wanted = _checked(metrics)
-    runners: dict[str, Callable[[], list[MetricResult]]] = {
-        "meteor": lambda: [meteor(refs, hyps, cache_dir=wordnet_cache)],
-        "rouge": lambda: [r for r in rouge(refs, hyps) if r.metric in wanted],
-        "bertscore_f1": lambda: [bertscore(refs, hyps, bertscore_model, bertscore_layers, batch_size)],
-    }
-    groups = dict.fromkeys("rouge" if m in ROUGE_TYPES else m for m in wanted)
-    return [r for g in groups for r in runners[g]()]
+
+    def run(group: str, r: Sequence[str], h: Sequence[str]) -> list[MetricResult]:
+        if group == "meteor":
+            return [meteor(r, h, cache_dir=wordnet_cache)]
+        if group == "rouge":
+            return [x for x in rouge(r, h) if x.metric in wanted]
+        return [bertscore(r, h, bertscore_model, bertscore_layers, batch_size)]
+
+    groups = dict.fromkeys(_group(m) for m in wanted)
+    if cache is None:
+        return [x for g in groups for x in run(g, refs, hyps)]
+    _check_pairs(refs, hyps)
+    out: list[MetricResult] = []
+    for g in groups:
+        names = [m for m in wanted if _group(m) == g]
+        params = {m: metric_params(m, bertscore_model, bertscore_layers) for m in names}
+        files = None
+        if g == "bertscore_f1" and bertscore_model is not None and Path(bertscore_model).is_dir():
+            from medhall.ids import path_fingerprint
+
+            files = path_fingerprint(bertscore_model)
+        keys = {m: [cache.key(m, cache.identity(params[m], files), r, h) for r, h in zip(refs, hyps, strict=True)]
+                for m in names}
+        found = cache.get_many([k for m in names for k in keys[m]])
+        todo = [i for i in range(len(refs)) if any(keys[m][i] not in found for m in names)]
+        if todo:
+            new: dict[str, float] = {}
+            for result in run(g, [refs[i] for i in todo], [hyps[i] for i in todo]):
+                new.update((keys[result.metric][i], v) for i, v in zip(todo, result.values, strict=True)
+                           if keys[result.metric][i] not in found)
+            cache.put_many(new.items())
+            found.update(new)
+        out += [MetricResult(m, [found[k] for k in keys[m]], params[m]) for m in names]
+    return out
 
 
 def score_predictions(
@@ -242,7 +408,9 @@ def score_predictions(
     """The ``scores`` table of a ``predictions`` table against ground truth ``{qa_id: answer}``.
 
     Only predictions with status ok, an answer, and a reference are scored; the qa_ids left
-    out are returned (never silently dropped). ``options`` go to :func:`compute_metrics`.
+    out are returned (never silently dropped). ``options`` go to :func:`compute_metrics`
+    (``cache=MetricCache(...)``: values already computed for the same pairs are not computed
+    again).
     """
     from medhall.schema import from_rows
 
@@ -272,7 +440,9 @@ __all__ = [
     "compute_metrics",
     "default_encoder_dir",
     "meteor",
+    "metric_params",
     "rouge",
+    "rouge_params",
     "score_predictions",
     "scores_rows",
 ]

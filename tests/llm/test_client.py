@@ -263,11 +263,17 @@ def test_acomplete_and_run_inside_a_running_loop(tmp_path: Path) -> None:
     assert asyncio.run(main()) == ("ok", "ok")
 
 
-def test_progress_display_reports_done_tokens_and_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_display_reports_done_tokens_and_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
     c = client(tmp_path, FakeBackend(), prices={"fake-model": (1.0, 1.0)})
     c.run(reqs(5), progress=True)
-    out = capsys.readouterr().out
-    assert "5/5" in out and "tok" in out and "$" in out
+    assert capsys.readouterr().err == ""  # not a terminal: logs and pipes stay clean
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    c.run(reqs(5, prefix="p"), progress=True)
+    err = capsys.readouterr().err
+    assert "5/5" in err and "tok" in err and "$" in err
 
 
 def test_multimodal_messages_key_on_image_hash(tmp_path: Path) -> None:

@@ -2,6 +2,10 @@
 
     python benchmarks/run_all.py            # all
     python benchmarks/run_all.py llm        # those whose file name contains "llm"
+    python benchmarks/run_all.py bertscore  # bertscore_speed.py: medhall's BERTScore vs bert_score's
+
+Every ``*.py`` here but this file is a benchmark: llm_throughput, build_scale, bertscore_speed
+(needs the MedHallTune release files in ../shared/data/medhalltune; skipped without them), ...
     python benchmarks/run_all.py train      # train_throughput.py (CPU arms; its --device-check is run by hand)
 
 Scripts: llm_throughput.py (the LLM layer), build_scale.py (the dataset build at scale),

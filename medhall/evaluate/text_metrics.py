@@ -16,7 +16,9 @@ model's answers) and returns one value per pair. Definitions follow the MedHallT
 
 Every score row records what produced it in ``params`` (JSON): the implementation, versions,
 tokenisation and, for BERTScore, the encoder and layer. nltk, rouge_score, bert_score and torch
-are imported inside the functions that need them.
+are imported inside the functions that need them. :func:`compute_metrics` takes a
+:class:`~medhall.evaluate.metric_cache.MetricCache` (keyed on metric, params, reference and
+hypothesis) and then scores only the pairs it does not hold.
 """
 
 from __future__ import annotations

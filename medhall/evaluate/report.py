@@ -216,8 +216,10 @@ def write_report(store: ArtifactStore, cfg: EvalConfig, run_id: str, *, judge_mo
         if store.latest("predictions", other_ds) is None:
             other_note = f"No evaluation of `{compare_with}` on these questions (eval dataset `{other_ds}`): nothing to compare."
         else:
-            other = build_report_table(store, cfg, questions, model=compare_with, dataset=other_ds, judge_model=judge_model)
-            comparison = compare(other, table)
+            common, other_note = _common_questions(store, cfg, questions, compare_with, other_ds)
+            other = build_report_table(store, cfg, common, model=compare_with, dataset=other_ds, judge_model=judge_model)
+            mine = table if common is questions else build_report_table(store, cfg, common, judge_model=judge_model)
+            comparison = compare(other, mine)
             compare_paths = {"csv": write_csv(comparison, out / f"compare-{slug(compare_with)}.csv"),
                              "png": plot_report(pa.concat_tables([other, table]), out / f"compare-{slug(compare_with)}.png",
                                                 title=f"{compare_with} vs {cfg.resolved_model_name()}")}
@@ -226,6 +228,26 @@ def write_report(store: ArtifactStore, cfg: EvalConfig, run_id: str, *, judge_mo
     md_path = out / "report.md"
     atomic.write_bytes(md_path, markdown.encode())
     return ReportFiles(md_path, csv_path, png_path, markdown, table, comparison, compare_paths)
+
+
+def _common_questions(store: ArtifactStore, cfg: EvalConfig, questions: Questions, other: str,
+                      other_ds: str) -> tuple[Questions, str | None]:
+    """The questions both models answered (ok), and a note when that is not all of them: a
+    comparison of means over different question sets would compare the sets, not the models."""
+    def answered(model: str, dataset: str) -> set[str]:
+        preds = store.read("predictions", dataset)
+        preds = preds.filter(pc.and_(pc.equal(preds.column("model"), model), pc.equal(preds.column("status"), "ok")))
+        return set(preds.column("qa_id").to_pylist())
+
+    wanted = set(questions.qa_ids)
+    mine, theirs = answered(cfg.resolved_model_name(), cfg.eval_dataset()) & wanted, answered(other, other_ds) & wanted
+    common = mine & theirs
+    if common == wanted:
+        return questions, None
+    table = questions.table.filter(pc.is_in(questions.table.column("qa_id"), pa.array(sorted(common), pa.string())))
+    note = (f"Compared on the {len(common)} of {len(wanted)} questions both models answered "
+            f"({cfg.resolved_model_name()}: {len(mine)}, {other}: {len(theirs)}).")
+    return Questions(table, questions.inputs), note
 
 
 def render_markdown(store: ArtifactStore, cfg: EvalConfig, questions: Questions, table: pa.Table, *,
@@ -242,6 +264,7 @@ def render_markdown(store: ArtifactStore, cfg: EvalConfig, questions: Questions,
             parts.append(f"## By {breakdown}\n\n" + markdown_table(table, breakdown))
     if comparison is not None:
         parts.append(f"## {compare_with} vs {cfg.resolved_model_name()} (Δ = this run − {compare_with})\n\n"
+                     + (f"{note}\n\n" if note else "")
                      + markdown_compare(comparison, labels=(compare_with or "a", cfg.resolved_model_name())))
     elif note:
         parts.append(f"## Comparison\n\n{note}\n")

@@ -54,3 +54,19 @@ def test_judge_failures_count_against_the_threshold(built: Any, tiny_llava: Any,
     assert 0 < failed < 9 and not done.ok and "judgments failed: parse failed: no_scores" in done.summary()
     assert eval_outcome(built, cfg, "fake-judge", max_failed_share=0.9).ok
     assert len(load_questions(built, cfg).qa_ids) == 9
+
+
+def test_a_comparison_is_made_on_the_questions_both_models_answered(built: Any, tiny_llava: Any, tmp_path) -> None:
+    base = EvalConfig(dataset=DATASET, model=LocalVLMSpec(path=str(tiny_llava), max_new_tokens=8), model_name="base",
+                      max_questions=6, metrics=("rouge",), n_boot=50)
+    run_eval(built, base)
+    rows = load_questions(built, base).rows()
+    partial = tmp_path / "partial.jsonl"  # answers for half of the questions only
+    partial.write_text("\n".join(json.dumps({"question_id": r["qa_id"], "answer": "The image shows a scan."})
+                                 for r in rows[:3]))
+    other = EvalConfig(dataset=DATASET, model=ImportSpec(paths=[str(partial)]), model_name="partial", max_questions=6,
+                       metrics=("rouge",), n_boot=50)
+    result = run_eval(built, other, compare_with="base")
+    assert "Compared on the 3 of 6 questions both models answered (partial: 3, base: 6)" in result.report.markdown
+    cells = [r for r in result.report.comparison.to_pylist() if r["breakdown"] == "overall" and r["measure"] == "rougeL"]
+    assert cells and all(r["n_a"] == r["n_b"] for r in cells) and sum(r["n_a"] for r in cells) == 3

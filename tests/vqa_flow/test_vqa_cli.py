@@ -11,7 +11,11 @@ def test_vqa_command_prints_table3_and_writes_rows(benchmarks, models, tmp_path)
     cfg = tmp_path / "vqa.json"
     cfg.write_text(json.dumps({"benchmarks": benchmarks, "models": models}))
     home = tmp_path / "home"
+    # the fixture's benchmarks hold two questions that cannot be answered: by default any failure fails the command
     r = CliRunner().invoke(app, ["--home", str(home), "vqa", str(cfg), "--local", "--dataset", "vqa-cli"], catch_exceptions=False)
+    assert r.exit_code == 1 and "more failures than --max-failed 0" in " ".join(r.stderr.split())
+    r = CliRunner().invoke(app, ["--home", str(home), "vqa", str(cfg), "--local", "--dataset", "vqa-cli",
+                                 "--max-failed", "0.5"], catch_exceptions=False)
     assert r.exit_code == 0, r.stdout
     assert "open" in r.stdout.lower() and "closed" in r.stdout.lower() and "answered" in r.stdout
     r = CliRunner().invoke(app, ["--home", str(home), "sql", "select count(*) n from predictions__vqa_cli", "-f", "json"])

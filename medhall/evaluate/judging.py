@@ -139,10 +139,18 @@ def _judge_items(store: ArtifactStore, cfg: EvalConfig, shard: Shard, rubric: An
 
 
 async def _judge_all(client: Any, items: Sequence[_JudgeItem], cfg: EvalConfig, rubric_hash: str) -> list[Any]:
-    try:
-        return list(await asyncio.gather(*(_judge_one(client, it, cfg, rubric_hash) for it in items)))
-    finally:
-        await client.backend.aclose()
+    from medhall.llm.progress import ItemProgress
+
+    with ItemProgress(len(items), "judging", unit="judgments") as bar:
+        async def one(item: _JudgeItem) -> Any:
+            outcome = await _judge_one(client, item, cfg, rubric_hash)
+            bar.advance()
+            return outcome
+
+        try:
+            return list(await asyncio.gather(*(one(it) for it in items)))
+        finally:
+            await client.backend.aclose()
 
 
 async def _judge_one(client: Any, item: _JudgeItem, cfg: EvalConfig, rubric_hash: str) -> Any:

@@ -299,13 +299,17 @@ def bertscore(
         return MetricResult("bertscore_f1", [], params)
     model_type = str(default_encoder_dir()) if model is None else model
     enc = _encoder(model_type, params["num_layers"])
+    from medhall.llm.progress import ItemProgress
+
     values: list[float] = []
     step = max(1, BERTSCORE_PASS_PAIRS // batch_size) * batch_size
-    for start in range(0, len(refs), step):
-        r, h = refs[start : start + step], hyps[start : start + step]
-        emb = _embed(enc, [*r, *h], max_tokens, batch_size)
-        pairs = [(emb[b], emb[a]) for a, b in zip(r, h, strict=True)]
-        values += [v for i in range(0, len(pairs), batch_size) for v in _greedy_f1(pairs[i : i + batch_size])]
+    with ItemProgress(len(refs), "BERTScore", unit="pairs") as bar:
+        for start in range(0, len(refs), step):
+            r, h = refs[start : start + step], hyps[start : start + step]
+            emb = _embed(enc, [*r, *h], max_tokens, batch_size)
+            pairs = [(emb[b], emb[a]) for a, b in zip(r, h, strict=True)]
+            values += [v for i in range(0, len(pairs), batch_size) for v in _greedy_f1(pairs[i : i + batch_size])]
+            bar.advance(len(r))
     return MetricResult("bertscore_f1", values, params)
 
 

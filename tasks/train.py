@@ -53,8 +53,7 @@ def train_task(cfg: TrainConfig, accelerate_config: str | None = None, processes
         if total:
             update_progress_artifact(progress, progress=min(100.0, 100.0 * step / total))
 
-    launched = launch(cmd, result_path, on_line=lambda line: print(line) if not line.startswith("{") else None,
-                      on_event=on_event)
+    launched = launch(cmd, result_path, on_line=print, on_event=on_event)
     res = launched.result
     update_progress_artifact(progress, progress=100.0)
     rows = read_metrics(Path(res["out_dir"]) / "metrics.jsonl")

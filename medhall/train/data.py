@@ -151,17 +151,26 @@ def _turns_of(messages: list[dict[str, Any]], where: str) -> list[tuple[str, str
     return [(flat[i][1], flat[i + 1][1]) for i in range(0, len(flat), 2)]
 
 
+def read_records(path: Path, what: str) -> list[Any]:
+    """The records of a JSON array file, or of a JSON-lines file (``.jsonl``); a short
+    :class:`DataError` when it cannot be read or is not a list of records."""
+    try:
+        text = path.read_text()
+        records = ([json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl"
+                   else json.loads(text))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON array of records ({what})")
+    return records
+
+
 def from_file(path: str | Path, *, image_root: str | Path | None = None, pack: bool = False) -> TrainData:
     """Examples from a LLaVA JSON (``image`` + ``conversations``) or a ShareGPT / LLaMA-Factory
     JSON (``images`` + ``conversations`` or ``messages``) file; a record that does not parse is
     counted under ``malformed_record``."""
     path = Path(path)
-    try:
-        records = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON array of records (LLaVA or ShareGPT)")
+    records = read_records(path, "LLaVA or ShareGPT")
     root = Path(image_root) if image_root else path.parent
     rows, skipped = [], Counter()
     for i, rec in enumerate(records):
@@ -201,5 +210,5 @@ def load_data(store: ArtifactStore, dataset: str, subset: str = "full", *, image
     return from_store(store, dataset, subset, pack=pack)
 
 
-__all__ = ["DataError", "Example", "SUBSETS", "TrainData", "Turn", "check_images", "from_file", "from_store", "load_data",
+__all__ = ["DataError", "Example", "SUBSETS", "TrainData", "Turn", "check_images", "from_file", "read_records", "from_store", "load_data",
            "store_rows"]

@@ -18,7 +18,6 @@ truncated (TRL keeps the start: the image and question) and counted, never silen
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import Any
 
 from medhall.ids import canonical_json, file_sha256, sha256_hex
 from medhall.store import ArtifactStore
-from medhall.train.data import DataError, Example, Turn, check_images, store_rows
+from medhall.train.data import DataError, Example, Turn, check_images, read_records, store_rows
 from medhall.train.encode import IGNORE, Encoder, LengthReport
 
 IMAGE_TOKEN = "<image>"
@@ -129,14 +128,7 @@ def pairs_from_file(path: str | Path, *, image_root: str | Path | None = None) -
     lines or a JSON array) or LLaMA-Factory ShareGPT ranking (``conversations``/``chosen``/
     ``rejected``/``images``); a record that does not parse is counted as ``malformed_record``."""
     path = Path(path)
-    try:
-        text = path.read_text()
-        records = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \
-            else json.loads(text)
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected preference records (a JSON array or JSON lines)")
+    records = read_records(path, "TRL or LLaMA-Factory preference records")
     root = Path(image_root) if image_root else path.parent
     pairs, skipped = [], Counter()
     for i, rec in enumerate(records):

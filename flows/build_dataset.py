@@ -8,6 +8,7 @@ from prefect import flow
 
 from medhall.build import DEFAULT_EXPORTS, BuildConfig, IncompleteBuild
 from medhall.endpoints import LLMSettings
+from medhall.store.locks import dataset_lock
 from tasks.build import (
     assemble_task,
     generate_shard_task,
@@ -16,7 +17,7 @@ from tasks.build import (
     split_export_task,
     stats_task,
 )
-from tasks.common import configure_results
+from tasks.common import configure_results, store
 
 
 @flow(name="build_dataset", log_prints=True)
@@ -32,18 +33,27 @@ def build_dataset(
     seed: int = 0,
     exports: list[str] = list(DEFAULT_EXPORTS),  # noqa: B006 (Prefect needs a plain default)
     max_failed_share: float = 0.0,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Generate hallucination (negative) and non-hallucination (positive) pairs for every image of
     ``source``, quality-control them, split by image and export. Killed and re-run, it redoes only
     unfinished shards; images added to the source are the only ones generated. API keys come from
     the environment (MEDHALL_LLM_API_KEY), never from parameters. The run ends Failed when it
     produced nothing or more than ``max_failed_share`` of the images failed for good (default:
-    any), with the failures by reason; a re-run retries them."""
+    any), with the failures by reason; a re-run retries them. Another build of ``dataset`` running
+    makes this one stop at once, saying whose it is, or wait for it with ``wait``."""
     configure_results()
     cfg = BuildConfig(
         source=source, dataset=dataset, generator=generator, questions_per_image=questions_per_image,
         llm=llm, llm_qc=llm_qc, test_images=test_images, shard_size=shard_size, seed=seed, exports=tuple(exports),
     )
+    with dataset_lock(store(), dataset, "build", wait=wait, on_wait=lambda h: print(
+            f"waiting for another build of {dataset} (pid {h.get('pid', '?')}, started at {h.get('started_at', '?')})")):
+        return _build(cfg, max_failed_share)
+
+
+def _build(cfg: BuildConfig, max_failed_share: float) -> dict[str, Any]:
+    dataset = cfg.dataset
     plan = plan_task(cfg)
     print(f"{plan['n_images']} images: {plan['done']} shard(s) already done, {len(plan['todo'])} to do")
     for shard in plan["todo"]:

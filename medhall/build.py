@@ -433,12 +433,21 @@ def outcome(store: ArtifactStore, cfg: BuildConfig, max_failed_share: float = 0.
     return Outcome(cfg.dataset, images, int(with_pairs), pairs, failed, details, max_failed_share)
 
 
-def run_build(store: ArtifactStore, cfg: BuildConfig, *, max_shards: int | None = None, client: Any = None) -> dict[str, Any]:
-    """The whole build in one process (what the flow does with tasks).
+def run_build(store: ArtifactStore, cfg: BuildConfig, *, max_shards: int | None = None, client: Any = None,
+              wait: bool = False) -> dict[str, Any]:
+    """The whole build in one process (what the flow does with tasks), holding the dataset's
+    writer lock (another build of it stops this one at once, or makes it wait with ``wait``).
 
     ``max_shards`` stops after that many shards (as a killed run would); ``client`` is an
     :class:`medhall.llm.LLMClient` to use instead of one made from ``cfg.llm``.
     """
+    from medhall.store.locks import dataset_lock
+
+    with dataset_lock(store, cfg.dataset, "build", wait=wait):
+        return _run_build(store, cfg, max_shards=max_shards, client=client)
+
+
+def _run_build(store: ArtifactStore, cfg: BuildConfig, *, max_shards: int | None, client: Any) -> dict[str, Any]:
     from medhall.generate import CorpusStats
     from medhall.ids import run_id as make_run_id
 

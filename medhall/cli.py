@@ -201,6 +201,8 @@ def build(
     max_failed: Annotated[float, typer.Option("--max-failed", help="Share of images allowed to fail for good before "
                                               "the build exits non-zero (default 0: any failure).")] = 0.0,
     local: Annotated[bool, typer.Option("--local", help="In-process instead of a Prefect flow.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="If another build of the dataset is running, wait for it "
+                                       "instead of stopping.")] = False,
 ) -> None:
     """Build a quality-controlled instruction dataset (negative + positive pairs) from a corpus.
 
@@ -228,9 +230,9 @@ def build(
     try:
         if local:
             with console.status(f"building {dataset} from {source}..."):
-                run_build(store, cfg)
+                run_build(store, cfg, wait=wait)
         else:
-            _run_flow("build_dataset", max_failed_share=max_failed, **{k: getattr(cfg, k) for k in (
+            _run_flow("build_dataset", max_failed_share=max_failed, wait=wait, **{k: getattr(cfg, k) for k in (
                 "source", "dataset", "generator", "questions_per_image", "llm", "llm_qc", "test_images", "shard_size",
                 "seed")})
     except IncompleteBuild:

@@ -49,10 +49,15 @@ def ingest_to_store(
     images_dir: Path | None = None,
     require_images: bool | None = None,
     options: Mapping[str, Any] | None = None,
+    wait: bool = False,
 ) -> IngestOutcome:
-    """Ingest ``paths`` with the named adapter and write images, instructions and quarantine."""
+    """Ingest ``paths`` with the named adapter and write images, instructions and quarantine.
+
+    Holds the dataset's writer lock (:func:`medhall.store.locks.dataset_lock`): another writer
+    of ``dataset`` makes this one stop with who it is, or wait its turn with ``wait``."""
     from medhall.ingest import ingest
     from medhall.sources import get_adapter
+    from medhall.store.locks import dataset_lock
 
     paths = [Path(p).resolve() for p in paths]
     for p in paths:
@@ -67,18 +72,19 @@ def ingest_to_store(
         "options": dict(options or {}),
     }
     rid = make_run_id("ingest", config, inputs)
-    result = ingest(
-        get_adapter(adapter, **dict(options or {})),
-        paths,
-        dataset=dataset,
-        images_dir=images_dir,
-        require_images=require_images,
-        run_id=rid,
-    )
-    arts = {
-        name: store.write(name, getattr(result, name), dataset=dataset, config=config, inputs=inputs, run_id=rid)
-        for name in ("images", "instructions", "quarantine")
-    }
+    with dataset_lock(store, dataset, "ingest", wait=wait):
+        result = ingest(
+            get_adapter(adapter, **dict(options or {})),
+            paths,
+            dataset=dataset,
+            images_dir=images_dir,
+            require_images=require_images,
+            run_id=rid,
+        )
+        arts = {
+            name: store.write(name, getattr(result, name), dataset=dataset, config=config, inputs=inputs, run_id=rid)
+            for name in ("images", "instructions", "quarantine")
+        }
     return IngestOutcome(dataset, rid, arts, result.summary, bool(result.ok))
 
 

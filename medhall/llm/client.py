@@ -58,6 +58,7 @@ from tenacity import (
 from medhall.llm.backends.base import Backend
 from medhall.llm.cache import ResponseCache, request_key
 from medhall.llm.errors import BackendError
+from medhall.llm.inflight import InflightLocks
 from medhall.llm.pricing import PriceTable
 from medhall.llm.progress import BatchProgress
 from medhall.llm.ratelimit import RateLimiter
@@ -263,6 +264,7 @@ class LLMClient:
             before_sleep=_log_retry)
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self.endpoints = EndpointMemory(self.cache.path.parent / "endpoints.json")
+        self.inflight_locks = InflightLocks(self.cache.path.parent)
         self._identity: dict[str, Any] | None = None
         self._identity_known = False
 
@@ -353,6 +355,7 @@ class LLMClient:
     def close(self) -> None:
         """Commit pending writes and stop the cache's writer thread."""
         self.cache.close()
+        self.inflight_locks.close()
 
     def __enter__(self) -> LLMClient:
         return self
@@ -425,7 +428,7 @@ class LLMClient:
         future = asyncio.get_running_loop().create_future()
         state.inflight[key] = future
         try:
-            result = await self._fresh(request, key, schema, started, cacheable=True)
+            result = await self._shared(request, key, schema, started)
         except Exception as exc:  # twins waiting on this call get the failure too
             result = _internal_failure(key, exc)
         except BaseException:
@@ -435,6 +438,18 @@ class LLMClient:
             del state.inflight[key]
         future.set_result(result)
         return result
+
+    async def _shared(self, request: ChatRequest, key: str, schema: type[BaseModel] | None,
+                      started: float) -> ChatResult:
+        """A cache miss, asked under the request's cross-process lock: a process that asked the
+        same request meanwhile has committed its answer by the time the lock is ours, and that
+        answer is served instead of paying again (:mod:`medhall.llm.inflight`)."""
+        async with self.inflight_locks.hold(key):
+            if (hit := self.cache.get(key)) is not None:
+                result = self._result(key, hit, schema, attempts=0, latency=0.0, cost=0.0, cached=True)
+                if result.ok:
+                    return await self._served(request, key, result, started)
+            return await self._fresh(request, key, schema, started, cacheable=True)
 
     async def _served(self, request: ChatRequest, key: str, result: ChatResult, started: float) -> ChatResult:
         """A result given without a call (cache hit or a twin in flight): cost 0, attempts 0."""

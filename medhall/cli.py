@@ -608,6 +608,26 @@ def tables() -> None:
 
 
 @app.command()
+def gc(
+    keep: Annotated[int, typer.Option("--keep", "-k", min=1, help="Versions of each table to keep (newest first); "
+                                      "the versions they were made from are kept too.")] = 3,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Say what would be removed; remove nothing.")] = False,
+) -> None:
+    """Free disk: prune old table versions and their exports, sweep what killed runs left.
+
+    Never removes the latest version of a table nor anything a kept version was made from; a
+    dataset being built or ingested is skipped. See docs/store.md.
+    """
+    from medhall.store.housekeeping import collect
+
+    store = _store()
+    report = collect(store, keep, dry_run=dry_run)
+    for p in report.removed + report.swept:
+        console.print(f"{'would remove' if dry_run else 'removed'} {p.relative_to(store.root)}", highlight=False)
+    console.print(report.summary(dry_run))
+
+
+@app.command()
 def schema(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print docs/tables.md.")] = False,
 ) -> None:

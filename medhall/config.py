@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     llm_base_url: str | None = Field(default=None, description="OpenAI-compatible base URL.")
     llm_model: str = Field(default="gpt-4o", description="Model name sent to the server.")
     llm_api_key: SecretStr | None = Field(default=None, description="API key (never logged).")
+    # Disk (docs/store.md, "Disk and housekeeping").
+    keep_exports: int = Field(
+        default=1,
+        ge=1,
+        description="Export versions kept per dataset; older ones are removed once a newer one is complete.",
+    )
 
     def resolved_home(self) -> Path:
         return Path(self.home).expanduser().resolve()

@@ -57,6 +57,7 @@ def ingest_to_store(
     of ``dataset`` makes this one stop with who it is, or wait its turn with ``wait``."""
     from medhall.ingest import ingest
     from medhall.sources import get_adapter
+    from medhall.store.housekeeping import sweep
     from medhall.store.locks import dataset_lock
 
     paths = [Path(p).resolve() for p in paths]
@@ -73,6 +74,7 @@ def ingest_to_store(
     }
     rid = make_run_id("ingest", config, inputs)
     with dataset_lock(store, dataset, "ingest", wait=wait):
+        sweep(store.root)  # what killed runs left behind
         result = ingest(
             get_adapter(adapter, **dict(options or {})),
             paths,

@@ -32,6 +32,7 @@ from medhall.config import get_settings
 from medhall.errors import MedhallError
 from medhall.ids import canonical_json, file_sha256, sha256_hex
 from medhall.schema import SCHEMA_VERSION, conform, schema_for, upgrade
+from medhall.tempfiles import owner_tag
 
 DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 VERSION_RE = re.compile(r"^v(\d{6})$")
@@ -212,7 +213,7 @@ class ArtifactStore:
         schema = schema_for(table)
         tdir = self.table_dir(table, dataset)
         tdir.mkdir(parents=True, exist_ok=True)
-        tmp = tdir / f".tmp-{uuid.uuid4().hex}"
+        tmp = tdir / f".tmp-{owner_tag()}-{uuid.uuid4().hex}"  # swept if its process dies
         tmp.mkdir()
         try:
             rows = self._write_parquet(tmp / DATA_FILE, table, schema, data, row_group_size)
@@ -287,4 +288,7 @@ class ArtifactStore:
         return Artifact(table, dataset, version, target, manifest)
 
     def _bump_generation(self) -> None:
-        atomic.write_bytes(self.generation_file, datetime.now(UTC).isoformat().encode())
+        # a token no other write ever had (not a time: two writes can share a clock tick), put
+        # in place atomically; the catalog records the token it was built from
+        token = f"{datetime.now(UTC).isoformat()} {os.getpid()} {uuid.uuid4().hex}"
+        atomic.write_bytes(self.generation_file, token.encode())

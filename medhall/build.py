@@ -134,10 +134,13 @@ def prepare(store: ArtifactStore, cfg: BuildConfig) -> Plan:
     """Statistics of the whole corpus, and the shards still to generate.
 
     The images are read in batches (captions are not held whole); what stays is one key and
-    one id per image still to do.
+    one id per image still to do. What killed runs left behind (temporary files and folders of
+    processes that are gone) is swept first.
     """
     from medhall.generate import corpus_statistics
+    from medhall.store.housekeeping import sweep
 
+    sweep(store.root)
     fingerprint = store.get("images", cfg.source).fingerprint
     wd = work_dir(store, cfg)
     stats_path = wd / f"corpus-stats-{fingerprint[:16]}.json"
@@ -309,6 +312,7 @@ def split_and_export(store: ArtifactStore, cfg: BuildConfig, run_id: str) -> dic
     """
     from medhall.export.sql import export_stored
     from medhall.split import split_by_image
+    from medhall.store.housekeeping import settle_exports
 
     images_art = store.get("images", cfg.source)  # the build's images are its source's (not copied)
     instr_art = store.get("instructions", cfg.dataset)
@@ -321,9 +325,11 @@ def split_and_export(store: ArtifactStore, cfg: BuildConfig, run_id: str) -> dic
         instr_art.data_path, images_art.data_path, splits, out_dir,
         verdicts=store.get("qc_verdicts", cfg.dataset).data_path, formats=cfg.exports, name=cfg.dataset,
         fractions=cfg.fractions, seed=cfg.seed, tmp_dir=work_dir(store, cfg),
+        png_dir=store.root / "images" / cfg.source,  # DICOM as PNG, once per image content
     )
     split_art = store.write("splits", splits, dataset=cfg.dataset, config={"build": cfg.model_dump(mode="json")}, inputs=[instr_art.fingerprint], run_id=run_id)
-    return {"splits": split_art, "exports": exports, "export_dir": out_dir}
+    disk = settle_exports(store, cfg.dataset, out_dir)  # unchanged files shared, old exports pruned
+    return {"splits": split_art, "exports": exports, "export_dir": out_dir, "export_disk": disk}
 
 
 def statistics(store: ArtifactStore, cfg: BuildConfig) -> dict[str, pa.Table]:

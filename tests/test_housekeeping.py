@@ -221,3 +221,21 @@ def test_gc_skips_a_dataset_being_written_and_refuses_keep_zero(store: ArtifactS
     assert len(store.versions("images", "busy")) == 3
     with pytest.raises(ValueError, match="at least 1"):
         collect(store, keep=0)
+
+
+def test_gc_removes_png_renders_no_kept_image_has(store: ArtifactStore) -> None:
+    from medhall.export.render import png_name
+
+    def imgs(*shas: str):
+        return schema.from_rows("images", [{"image_id": f"i{k}", "dataset": "src", "source": "s", "image_ref": f"{k}.dcm",
+                                            "sha256": sha} for k, sha in enumerate(shas)])
+
+    store.write("images", imgs("a" * 64, "b" * 64), dataset="src")
+    store.write("images", imgs("b" * 64, "c" * 64), dataset="src")
+    pngs = store.root / "images" / "src"
+    pngs.mkdir(parents=True)
+    for name in (png_name("a" * 64), png_name("b" * 64), png_name("c" * 64), f"{'c' * 64}.png"):
+        (pngs / name).write_bytes(b"png")
+    report = collect(store, keep=1)
+    assert sorted(p.name for p in report.removed if p.suffix == ".png") == sorted([png_name("a" * 64), f"{'c' * 64}.png"])
+    assert sorted(p.name for p in pngs.iterdir()) == sorted([png_name("b" * 64), png_name("c" * 64)])

@@ -11,7 +11,9 @@ format             files (per split)                                            
 
 Every writer has the signature ``write_<format>(instructions, images, out_dir, *, name,
 split=None, ...) -> list[Path]``, streams batch by batch, and writes atomically.
-:func:`export_all` writes train and test for each format. docs/exports.md has examples.
+:func:`export_all` writes train and test for each format, leaves out a file that would be
+empty, and points DICOM images at a PNG rendering (:mod:`.render`). docs/exports.md has
+examples.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from medhall.export.medhalltune import (
     write_medhalltune,
 )
 from medhall.export.parquet import parquet_sink, write_parquet
+from medhall.export.render import dicom_pngs, with_pngs
 from medhall.export.rows import ParquetSource, RowSource, TableSource, as_source
 from medhall.schema import SPLITS
 from medhall.split import check_no_leak, check_question_leak, leak_suspects, split_mask
@@ -83,11 +86,17 @@ def sink_options(fmt: str, image_root: PathLike | None, format_options: Mapping[
 @dataclass
 class ExportPlan:
     """What :func:`plan_exports` decided: the jobs for :func:`run_exports`, the extra
-    ``question_id`` column they need, and the files they write (``{format: [paths]}``)."""
+    ``question_id`` column they need, and each format's sinks."""
 
     jobs: list[Job] = field(default_factory=list)
     extra: dict[str, pa.Array] = field(default_factory=dict)
-    written: dict[str, list[Path]] = field(default_factory=dict)
+    sinks: dict[str, list[Sink]] = field(default_factory=dict)
+
+    @property
+    def written(self) -> dict[str, list[Path]]:
+        """``{format: [paths]}``: the files the sinks will write; once run, those they wrote
+        (a file that would be empty is left out)."""
+        return {fmt: list(dict.fromkeys(p for s in sinks for p in s.paths)) for fmt, sinks in self.sinks.items()}
 
 
 def _check_source_leaks(source: RowSource, keys: pa.Table, splits: pa.Table, images: pa.Table) -> None:
@@ -115,13 +124,17 @@ def plan_exports(
     format_options: Mapping[str, Mapping[str, Any]] | None = None,
     mask: np.ndarray | None = None,
     keys: pa.Table | None = None,
+    omit_empty: bool = True,
 ) -> ExportPlan:
     """:func:`export_all` without writing: check the split, number the release questions and
     return the jobs. ``mask`` selects the exported rows of ``source`` (None: all), so several
     plans over one source (the QC-filtered set, each ablation subset) run in one
     :func:`run_exports` and share its passes over the data. ``keys``: the source's key
     columns (``qa_id``, ``image_id``, and ``kind``, ``source_qa_id`` for the release format)
-    when the caller has them already (read from the source otherwise)."""
+    when the caller has them already (read from the source otherwise). ``omit_empty``: a file
+    that gets no row is not written (:class:`medhall.export.base.Sink`). DICOM images are
+    written as the PNG in ``images``' ``png_path`` column when it has one
+    (:func:`medhall.export.render.with_pngs`; :func:`export_all` adds it)."""
     chosen = chosen_formats(formats)
     source = as_source(source)
     if keys is None:
@@ -137,12 +150,12 @@ def plan_exports(
     for fmt in chosen:
         opts = sink_options(fmt, image_root, format_options)
         folder = Path(out_dir) / fmt
-        paths: list[Path] = []
+        plan.sinks[fmt] = []
         for split, m in split_masks.items():
             sink = SINKS[fmt](folder, name=name, split=split, **opts)
+            sink.omit_empty = omit_empty
             plan.jobs.append(Job(sink, m))
-            paths += sink.paths
-        plan.written[fmt] = list(dict.fromkeys(paths))  # a shared file (dataset_info.json) once
+            plan.sinks[fmt].append(sink)
     return plan
 
 
@@ -156,6 +169,7 @@ def export_all(
     *,
     image_root: PathLike | None = None,
     format_options: Mapping[str, Mapping[str, Any]] | None = None,
+    png_dir: PathLike | None = None,
 ) -> dict[str, list[Path]]:
     """Write train and test files of ``instructions`` in each format under ``out_dir/<format>/``.
 
@@ -164,10 +178,15 @@ def export_all(
     The split is checked first (:func:`medhall.split.check_no_leak` raises on a leak or a pair
     whose image has no split). Release ``question_id`` values are assigned once over all
     splits. ``format_options``: extra keyword arguments per format, e.g.
-    ``{"llava": {"multi_turn": True}}``. Returns ``{format: [paths]}``. Every file is
-    streamed: one pass over the pairs per output order, all files committed together.
+    ``{"llava": {"multi_turn": True}}``. Returns ``{format: [paths]}``: the files written; a
+    file that would hold no row (a split with no pair) is not written, since
+    ``datasets.load_dataset`` refuses an empty file. Every file is streamed: one pass over the
+    pairs per output order, all files committed together. DICOM images are rendered once to
+    PNG under ``png_dir`` (default ``out_dir/images``; see :mod:`medhall.export.render`) and
+    every format points at the PNG.
     """
     source = as_source(instructions)
+    images = with_pngs(images, png_dir if png_dir is not None else Path(out_dir) / "images")
     plan = plan_exports(source, images, splits, out_dir, formats, name, image_root=image_root, format_options=format_options)
     run_exports(source, images, plan.jobs, extra=plan.extra)
     return plan.written
@@ -192,4 +211,6 @@ __all__ = [
     "write_llava",
     "write_medhalltune",
     "write_parquet",
+    "dicom_pngs",
+    "with_pngs",
 ]

@@ -14,6 +14,8 @@ Image paths (:func:`image_paths`): with ``image_root`` unset, the ``image_ref`` 
 source wrote it (e.g. ``34760421_FIG1.jpg`` for the MedHallTune release, relative to the
 corpus's image folder). With ``image_root`` set, the resolved ``image_path`` relative to that
 root when the file lies under it, else the absolute ``image_path``, else the ``image_ref``.
+A DICOM image rendered to PNG (:mod:`medhall.export.render`, the images table's ``png_path``)
+is written as that PNG instead: its absolute path, or relative to ``image_root`` when under it.
 LLaVA's ``image_folder`` and LLaMA-Factory's ``media_dir`` both join a relative path to their
 folder and keep an absolute one as is.
 """
@@ -36,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from medhall.atomic import atomic_path
+from medhall.export.render import PNG, png_column
 from medhall.export.rows import RowSource, as_source, flat
 from medhall.split import image_names
 
@@ -93,17 +96,31 @@ def dumps(record: Any) -> str:
     return _ENCODER.encode(record)
 
 
+class _Discard(Exception):
+    """Thrown into :func:`atomic_path` to drop the temp file instead of committing it."""
+
+
+def discard(atomic: contextlib.AbstractContextManager[Path]) -> None:
+    """Leave an :func:`atomic_path` block without committing: its temp file is removed."""
+    atomic.__exit__(_Discard, _Discard(), None)
+
+
 class JsonWriter:
     """Stream records into a JSON array or JSON-lines file, atomically.
 
     ``with JsonWriter(path, lines=False) as w: w.write_many(records)``; the file appears at
     ``path`` only when the block ends without an error. ``count`` is the records written.
+    ``omit_empty``: no file at all when no record was written (``written`` says whether the
+    file was committed). ``encoder``: the JSON encoder of each record (default: compact, UTF-8).
     """
 
-    def __init__(self, path: PathLike, *, lines: bool = False) -> None:
+    def __init__(self, path: PathLike, *, lines: bool = False, omit_empty: bool = False, encoder: json.JSONEncoder | None = None) -> None:
         self.path = Path(path)
         self.lines = lines
+        self.omit_empty = omit_empty
         self.count = 0
+        self.written = False
+        self._encode = (encoder or _ENCODER).encode
         self._atomic: contextlib.AbstractContextManager[Path] | None = None
         self._file: Any = None
 
@@ -118,7 +135,7 @@ class JsonWriter:
     def write_many(self, records: Iterable[Any]) -> None:
         """Write ``records`` (any iterable, consumed lazily, :data:`BATCH_SIZE` at a time)."""
         it = iter(records)
-        while chunk := [dumps(r) for r in itertools.islice(it, BATCH_SIZE)]:
+        while chunk := [self._encode(r) for r in itertools.islice(it, BATCH_SIZE)]:
             if self.lines:
                 self._file.write("\n".join(chunk) + "\n")
             else:
@@ -130,12 +147,17 @@ class JsonWriter:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self._atomic is not None
+        empty = exc is None and self.omit_empty and self.count == 0
         try:
-            if exc is None and not self.lines:
+            if exc is None and not empty and not self.lines:
                 self._file.write("\n]\n" if self.count else "]\n")
         finally:
             self._file.close()
-            self._atomic.__exit__(exc_type, exc, tb)
+            if empty:
+                discard(self._atomic)
+            else:
+                self._atomic.__exit__(exc_type, exc, tb)
+        self.written = exc is None and not empty
 
 
 def write_json_records(path: PathLike, records: Iterable[Any], *, lines: bool = False) -> Path:
@@ -158,9 +180,12 @@ def write_json_file(path: PathLike, obj: Any) -> Path:
 def image_paths(images: pa.Table, image_root: PathLike | None = None) -> pa.ChunkedArray:
     """The path each exporter writes for each image (see the module docstring)."""
     ref = images.column("image_ref")
+    png = png_column(images)
     if image_root is None:
-        return ref
+        return ref if png is None else pc.coalesce(png, ref)
     resolved = images.column("image_path") if "image_path" in images.column_names else pa.nulls(images.num_rows, pa.string())
+    if png is not None:
+        resolved = pc.coalesce(png, resolved)
     prefix = os.path.abspath(image_root).rstrip(os.sep) + os.sep
     under = pc.fill_null(pc.starts_with(resolved, prefix), False)
     relative = pc.utf8_slice_codeunits(resolved, len(prefix))
@@ -168,13 +193,14 @@ def image_paths(images: pa.Table, image_root: PathLike | None = None) -> pa.Chun
 
 
 def image_view(images: pa.Table, image_root: PathLike | None = None) -> pa.Table:
-    """One row per image: ``image_id``, ``image`` (export path), ``image_name``, modality, caption..."""
+    """One row per image: ``image_id``, ``image`` (export path), ``image_name``, modality, caption...,
+    ``png_path`` (the rendered PNG of a DICOM image, else null)."""
     cols: dict[str, Any] = {
         "image_id": images.column("image_id"),
         "image": image_paths(images, image_root),
         "image_name": image_names(images),
     }
-    for c in IMAGE_COLUMNS:
+    for c in (*IMAGE_COLUMNS, PNG):
         cols[c] = images.column(c) if c in images.column_names else pa.nulls(images.num_rows, pa.string())
     return pa.table(cols)
 
@@ -187,10 +213,14 @@ class Sink:
 
     A sink opens its files atomically on ``__enter__``, takes batches with :meth:`write` and
     commits on a clean ``__exit__`` (a failure leaves no file); :attr:`paths` are its files.
+    With :attr:`omit_empty` set (what :func:`medhall.export.export_all` and the build do), a
+    file that got no row is not written, and is dropped from :attr:`paths` on ``__exit__``:
+    ``datasets.load_dataset`` refuses an empty file ("corresponds to no data").
     """
 
     order: Sequence[tuple[str, str]] = DEFAULT_ORDER
     image_root: PathLike | None = None
+    omit_empty: bool = False
     paths: list[Path]
 
     def __enter__(self) -> Sink:
@@ -233,6 +263,7 @@ class JsonSink(Sink):
         self._pending: list[dict[str, Any]] = []
 
     def __enter__(self) -> JsonSink:
+        self._writer.omit_empty = self.omit_empty
         self._writer.__enter__()
         return self
 
@@ -260,6 +291,8 @@ class JsonSink(Sink):
                     log.info("export: left out %d pair(s) without an answer", self.unanswered)
         finally:
             self._writer.__exit__(exc_type, exc, tb)
+            if exc is None and not self._writer.written:
+                self.paths.remove(self._writer.path)
 
 
 @dataclass

@@ -18,7 +18,8 @@ loader ignores unmapped columns, and it ties a record back to its pair. With
      "columns": {"messages": "conversations", "images": "images"},
      "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}}
 
-Other entries in an existing ``dataset_info.json`` are kept. Point LLaMA-Factory's
+Other entries in an existing ``dataset_info.json`` are kept. A file left out because it would
+be empty (``omit_empty``, see :class:`medhall.export.base.Sink`) gets no entry. Point LLaMA-Factory's
 ``dataset_dir`` at ``out_dir`` and its ``media_dir`` at the images root when paths are
 relative (see :func:`medhall.export.base.image_paths`).
 """
@@ -87,9 +88,11 @@ class LlamaFactorySink(JsonSink):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         super().__exit__(exc_type, exc, tb)
-        if exc is None:
-            path = self.paths[0]
+        if exc is None and self._writer.written:
+            path = self._writer.path
             update_dataset_info(path.parent, {path.stem: dataset_info_entry(path.name)})
+        elif exc is None:  # an omitted empty file has no entry
+            self.paths = [p for p in self.paths if p.name != DATASET_INFO]
 
 
 def llamafactory_sink(

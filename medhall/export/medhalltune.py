@@ -7,8 +7,15 @@ pair, as in the release's ``val_*_qa-filtered.jsonl``::
      "text": "<question>\\n<image>", "gpt4_answer": "<answer>", "fig_caption": "<caption>"}
 
 ``image`` is the file name of the image's ``image_ref`` (the release names images by file
-name; they live in the hub dataset). Lines are ordered by ``question_id``; a file is written
-for each kind even when it is empty. Every pair needs a ``kind`` (positive / negative).
+name; they live in the hub dataset); for a DICOM image rendered to PNG
+(:mod:`medhall.export.render`), the PNG's absolute path. Lines are ordered by
+``question_id`` and serialised as the release's are (:data:`RELEASE_ENCODER`); a file is
+written for each kind, even when it is empty, unless the sink's ``omit_empty`` is set (as
+:func:`medhall.export.export_all` and the build do). Every pair needs a ``kind`` (positive /
+negative).
+
+Rows ingested from the release's ``val_*_qa-filtered.jsonl`` come back byte for byte, but for
+the captions ingest stripped of surrounding whitespace (29 of the 2238 lines; docs/exports.md).
 
 ``question_id`` (:func:`question_ids`), unique within a kind like the release's:
 
@@ -25,6 +32,7 @@ never collide.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +53,7 @@ from medhall.export.base import (
     output_path,
     run_exports,
 )
+from medhall.export.render import PNG
 from medhall.schema import KINDS
 
 FORMAT = "medhalltune"
@@ -88,12 +97,17 @@ def with_question_ids(instructions: pa.Table) -> pa.Table:
     return instructions.append_column(QUESTION_ID, question_ids(instructions))
 
 
+#: The release's own serialisation: ``json.dumps`` defaults (``", "`` / ``": "`` separators,
+#: non-ASCII as ``\\uXXXX`` escapes), keys in the release's order, one line per record.
+RELEASE_ENCODER = json.JSONEncoder()
+
+
 def release_records(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Release lines from view rows."""
+    """Release lines from view rows (a DICOM image: its rendered PNG's absolute path)."""
     for r in rows:
         yield {
             "question_id": r[QUESTION_ID],
-            "image": r["image_name"],
+            "image": r.get(PNG) or r["image_name"],
             "text": f"{r['question']}\n{IMAGE_TOKEN}",
             "gpt4_answer": r["answer"],
             "fig_caption": r["caption"],
@@ -121,11 +135,14 @@ class MedHallTuneSink(Sink):
 
     def __init__(self, out_dir: PathLike, *, name: str, split: str | None = None) -> None:
         self.paths = [output_path(out_dir, name, split, f"_{kind}_qa.jsonl") for kind in KINDS]
-        self._writers = {kind: JsonWriter(path, lines=True) for kind, path in zip(KINDS, self.paths, strict=True)}
+        self._writers = {
+            kind: JsonWriter(path, lines=True, encoder=RELEASE_ENCODER) for kind, path in zip(KINDS, self.paths, strict=True)
+        }
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> MedHallTuneSink:
         for w in self._writers.values():
+            w.omit_empty = self.omit_empty
             self._stack.enter_context(w)
         return self
 
@@ -138,6 +155,8 @@ class MedHallTuneSink(Sink):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._stack.__exit__(exc_type, exc, tb)
+        if exc is None:
+            self.paths = [w.path for w in self._writers.values() if w.written]
 
 
 def release_keys(source: RowSource, mask: np.ndarray | None = None, *, keys: pa.Table | None = None) -> dict[str, pa.Array]:

@@ -2,7 +2,9 @@
 
 One file per split, ``<name>_<split>.parquet`` (zstd), one row per pair, all columns plain
 strings (:data:`PARQUET_SCHEMA`). ``image`` is the export path (see
-:func:`medhall.export.base.image_paths`), ``image_name`` its file name. Rows are in the
+:func:`medhall.export.base.image_paths`; a DICOM image's PNG), ``image_name`` the file name
+of ``image_ref``. With ``omit_empty`` (:func:`medhall.export.export_all`, the build) a file
+with no row is not written. Rows are in the
 default export order (by image, then pair id); batches go straight from Arrow to the
 writer, with no Python objects per row. Pairs without an answer are kept (``answer`` null).
 """
@@ -23,6 +25,7 @@ from medhall.export.base import (
     RowSource,
     Sink,
     atomic_path,
+    discard,
     output_path,
     run_exports,
 )
@@ -103,11 +106,24 @@ class ParquetSink(Sink):
         self.batch_size = batch_size
         self._spool = _Spool(PARQUET_SCHEMA)
         self._stack = contextlib.ExitStack()
+        self.count = 0
 
     def __enter__(self) -> ParquetSink:
-        tmp = self._stack.enter_context(atomic_path(self.paths[0]))
+        self._atomic = atomic_path(self.paths[0])
+        tmp = self._atomic.__enter__()
+        self._stack.push(self._commit)
         self._writer = self._stack.enter_context(pq.ParquetWriter(tmp, PARQUET_SCHEMA, compression="zstd"))
         return self
+
+    def _commit(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        """Close the atomic file (after the Parquet writer): rename it, or drop it on an error
+        or when it is empty and ``omit_empty`` is set."""
+        if exc is None and self.omit_empty and self.count == 0:
+            discard(self._atomic)
+            self.paths = []
+        else:
+            self._atomic.__exit__(exc_type, exc, tb)
+        return False
 
     def _flush(self, final: bool) -> None:
         if self._spool.rows < self.batch_size and not (final and self._spool.rows):
@@ -121,6 +137,7 @@ class ParquetSink(Sink):
             self._spool.append(rb)
 
     def write(self, batch: pa.Table) -> None:
+        self.count += batch.num_rows
         for rb in batch.to_batches():
             self._spool.append(to_export_batch(rb, self.split))
         self._flush(final=False)

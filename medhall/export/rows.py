@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from medhall.tempfiles import owner_tag
+
 PathLike = str | os.PathLike[str]
 
 
@@ -88,7 +90,7 @@ class ParquetSource:
             yield from self._in_file_order(rows, position, columns, batch_size)
             return
         bucket_rows = max(1, self.bucket_rows // batch_size) * batch_size  # batches never straddle buckets
-        with tempfile.TemporaryDirectory(prefix=".medhall-sort-", dir=self.tmp_dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix=f".medhall-sort-{owner_tag()}-", dir=self.tmp_dir) as tmp:
             paths = [Path(tmp) / f"{b}.arrow" for b in range((n + bucket_rows - 1) // bucket_rows)]
             writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
             options = pa.ipc.IpcWriteOptions(compression="lz4")

@@ -45,6 +45,7 @@ from medhall.export.base import (
     image_paths,
 )
 from medhall.export.medhalltune import QUESTION_ID
+from medhall.export.render import PNG, dicom_pngs
 from medhall.schema import KINDS, SPLITS
 from medhall.split import (
     DEFAULT_FRACTIONS,
@@ -57,6 +58,7 @@ from medhall.split import (
     image_names,
     leak_suspects,
 )
+from medhall.tempfiles import owner_tag
 
 if TYPE_CHECKING:
     import duckdb
@@ -79,7 +81,7 @@ def connect(tmp_dir: PathLike | None = None, *, memory_limit: str | None = None,
     memory_limit = memory_limit or os.environ.get("MEDHALL_EXPORT_MEMORY") or DEFAULT_MEMORY_LIMIT
     if tmp_dir is not None:
         Path(tmp_dir).mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=".medhall-export-", dir=tmp_dir))
+    folder = Path(tempfile.mkdtemp(prefix=f".medhall-export-{owner_tag()}-", dir=tmp_dir))
     con = duckdb.connect(str(folder / "export.duckdb"))
     try:
         con.execute(f"SET memory_limit = {_lit(memory_limit)}")
@@ -276,7 +278,7 @@ class FlagJob:
     """A sink and the ``members`` flag column that selects its rows."""
 
     sink: Sink
-    flag: str | None  # None: no rows (the file is still written, empty)
+    flag: str | None  # None: no rows (an empty file, left out when the sink omits empty files)
 
 
 def _order_sql(order: Sequence[tuple[str, str]]) -> str:
@@ -291,14 +293,20 @@ def stream_exports(
     info: Membership,
     jobs: Sequence[FlagJob],
     *,
+    pngs: pa.Table | None = None,
     batch_size: int = BATCH_SIZE,
 ) -> list[Path]:
     """Feed every job's sink the rows of its flag, in the sink's order (one sorted query per
     order). Rows are the view of :func:`medhall.export.base.view_batches`: the instruction
     columns (and ``question_id`` when numbered), then ``image``, ``image_name`` and the image
-    columns. All files are committed together at the end; returns every sink's paths."""
+    columns. ``pngs``: ``(image_id, png_path)`` of the DICOM images rendered to PNG
+    (:func:`medhall.export.render.dicom_pngs`), written in place of their own path. All files
+    are committed together at the end; returns every sink's paths."""
     image_cols = set(con.sql(f"SELECT * FROM read_parquet({_lit(images)}) LIMIT 0").columns)
     pick = [c for c in ("image_ref", "image_path", *IMAGE_COLUMNS) if c in image_cols or c == "image_ref"]
+    rendered = pngs is not None and pngs.num_rows > 0
+    if rendered:
+        con.register("__pngs", pngs.select(["image_id", PNG]))
     names = list(info.columns) + ([QUESTION_ID] if info.question_ids and QUESTION_ID not in info.columns else [])
     left = ", ".join(f"i.{_q(c)}" for c in info.columns) + (", m.question_id" if QUESTION_ID in names and QUESTION_ID not in info.columns else "")
     flags = list(dict.fromkeys(j.flag for j in jobs if j.flag))
@@ -306,14 +314,18 @@ def stream_exports(
     # sorting makes DuckDB hold the hash tables and the sort runs at once).
     con.execute(f"""
         CREATE TABLE __rows AS
-        SELECT {left}, {', '.join(f'g.{_q(c)}' for c in pick)}, m.{_ROW}{''.join(f', m.{_q(f)}' for f in flags)}
+        SELECT {left}, {', '.join(f'g.{_q(c)}' for c in pick)}{f', p.{_q(PNG)}' if rendered else ''},
+               m.{_ROW}{''.join(f', m.{_q(f)}' for f in flags)}
         FROM {_parquet(instructions)} i
         JOIN (SELECT * FROM members WHERE {' OR '.join(_q(f) for f in flags) or 'false'}) m ON m.{_ROW} = i.file_row_number
         JOIN (
             SELECT image_id, {', '.join(_q(c) for c in pick)} FROM {_parquet(images)}
             QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY file_row_number) = 1
         ) g ON g.image_id = i.image_id
+        {'LEFT JOIN __pngs p ON p.image_id = i.image_id' if rendered else ''}
     """)
+    if rendered:
+        con.unregister("__pngs")
     orders = list(dict.fromkeys(tuple(j.sink.order) for j in jobs))
     with contextlib.ExitStack() as stack:
         for j in jobs:
@@ -339,8 +351,8 @@ def stream_exports(
 def _view(batch: pa.Table, names: Sequence[str], image_root: PathLike | None) -> pa.Table:
     image = image_paths(batch, image_root)
     cols = [batch.column(c) for c in names] + [image, image_names(batch)]
-    cols += [batch.column(c) if c in batch.column_names else pa.nulls(batch.num_rows, pa.string()) for c in IMAGE_COLUMNS]
-    return pa.Table.from_arrays(cols, names=[*names, "image", "image_name", *IMAGE_COLUMNS]).combine_chunks()
+    cols += [batch.column(c) if c in batch.column_names else pa.nulls(batch.num_rows, pa.string()) for c in (*IMAGE_COLUMNS, PNG)]
+    return pa.Table.from_arrays(cols, names=[*names, "image", "image_name", *IMAGE_COLUMNS, PNG]).combine_chunks()
 
 
 # --------------------------------------------------------------------------- the build's exports
@@ -363,22 +375,29 @@ def export_stored(
     threads: int | None = None,
     batch_size: int = BATCH_SIZE,
     tmp_dir: PathLike | None = None,
+    png_dir: PathLike | None = None,
 ) -> dict[str, dict[str, list[Path]]]:
     """Every export of a stored build, from its Parquet files, in one run.
 
     ``out_dir/filtered/<format>/``: the QC-filtered pairs (no ``incorrect`` verdict in
     ``verdicts``), train and test, in each of ``formats``; ``out_dir/subsets/<subset>/``: each
-    ablation subset of the train split as Parquet (``<name>_<subset>_{train,test}.parquet``,
-    test empty). The same files :func:`medhall.export.export_all` writes for
-    :func:`medhall.split.filtered` and for each of :func:`medhall.split.ablation_subsets`.
-    Returns ``{"filtered": {format: paths}, subset: {"parquet": paths}, ...}``.
+    ablation subset of the train split as Parquet (``<name>_<subset>_train.parquet``; the
+    subsets have no test split, and no test file). The same files
+    :func:`medhall.export.export_all` writes for :func:`medhall.split.filtered` and for each of
+    :func:`medhall.split.ablation_subsets`: a file that would hold no row is not written.
+    Returns ``{"filtered": {format: paths}, subset: {"parquet": paths}, ...}``, the files
+    written.
 
-    DuckDB works under ``memory_limit`` (see :func:`connect`) in a temporary folder under
-    ``tmp_dir`` (default: ``out_dir``), removed at the end.
+    DICOM images are rendered once to PNG under ``png_dir`` (default ``out_dir/images``; the
+    build passes its images folder, ``<home>/images/<source>``), and every format points at
+    the PNG (:mod:`medhall.export.render`). DuckDB works under ``memory_limit`` (see
+    :func:`connect`) in a temporary folder under ``tmp_dir`` (default: ``out_dir``), removed at
+    the end.
     """
     import pyarrow.parquet as pq
 
     from medhall.export import SINKS, chosen_formats, sink_options
+    from medhall.export.render import COLUMNS as PNG_INPUTS
 
     chosen = chosen_formats(formats)
     out = Path(out_dir)
@@ -387,24 +406,29 @@ def export_stored(
         info = membership(
             con, instructions, image_keys, splits, verdicts=verdicts, fractions=fractions, seed=seed, release="medhalltune" in chosen
         )
+        present = set(pq.read_schema(images).names)
+        pngs = dicom_pngs(
+            pq.read_table(images, columns=[c for c in PNG_INPUTS if c in present]), png_dir if png_dir is not None else out / "images"
+        )
         jobs: list[FlagJob] = []
-        written: dict[str, dict[str, list[Path]]] = {"filtered": {}}
+        sinks: dict[str, dict[str, list[Sink]]] = {"filtered": {}}
         for fmt in chosen:
-            paths: list[Path] = []
+            sinks["filtered"][fmt] = []
             for split in SPLITS:
                 sink = SINKS[fmt](out / "filtered" / fmt, name=name, split=split, **sink_options(fmt, image_root, format_options))
                 jobs.append(FlagJob(sink, info.flags[f"filtered_{split}"]))
-                paths += sink.paths
-            written["filtered"][fmt] = list(dict.fromkeys(paths))
+                sinks["filtered"][fmt].append(sink)
         for subset in [*SUBSETS, *(fraction_name(f) for f in sorted(fractions))]:
-            paths = []
-            for split in SPLITS:
-                sink = SINKS["parquet"](out / "subsets" / subset / "parquet", name=f"{name}_{subset}", split=split, **sink_options("parquet", image_root, format_options))
-                jobs.append(FlagJob(sink, info.flags[subset] if split == "train" else None))
-                paths += sink.paths
-            written[subset] = {"parquet": paths}
-        stream_exports(con, instructions, images, info, jobs, batch_size=batch_size)
-    return written
+            sink = SINKS["parquet"](out / "subsets" / subset / "parquet", name=f"{name}_{subset}", split="train", **sink_options("parquet", image_root, format_options))
+            jobs.append(FlagJob(sink, info.flags[subset]))
+            sinks[subset] = {"parquet": [sink]}
+        for j in jobs:
+            j.sink.omit_empty = True
+        stream_exports(con, instructions, images, info, jobs, pngs=pngs, batch_size=batch_size)
+    return {
+        group: {fmt: list(dict.fromkeys(p for sink in fmt_sinks for p in sink.paths)) for fmt, fmt_sinks in by_format.items()}
+        for group, by_format in sinks.items()
+    }
 
 
 __all__ = ["DEFAULT_MEMORY_LIMIT", "FlagJob", "Membership", "connect", "export_stored", "membership", "stream_exports"]

@@ -12,7 +12,8 @@
 - :func:`collect` (``medhall gc [--keep N] [--dry-run]``) removes table versions older than the
   newest ``keep`` of each table, never the latest, nor any version a kept version was made
   from (its manifest's ``inputs``, followed transitively across datasets), with the export
-  folders of the instruction versions it removes. A dataset being written (its lock held) is
+  folders of the instruction versions it removes, and the PNG renders of DICOM images no kept
+  version has (``images/<dataset>/``). A dataset being written (its lock held) is
   left alone. A removed version is first renamed to a hidden ``.gc-*`` name (readers see it
   gone at once; a crash mid-delete leaves a leftover the next sweep removes).
 """
@@ -191,6 +192,10 @@ def share_unchanged(folder: Path, previous: Iterable[Path] = ()) -> dict[str, in
 
 def _remove_tree(path: Path) -> None:
     """Rename ``path`` to a hidden leftover name (gone for readers at once), then delete it."""
+    if not path.is_dir() or path.is_symlink():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
     grave = path.with_name(f".gc-{owner_tag()}-{uuid.uuid4().hex}")
     try:
         os.rename(path, grave)
@@ -262,6 +267,21 @@ def _plan(store: ArtifactStore, keep: int) -> tuple[list[Artifact], list[Artifac
     return remove, list(kept.values())
 
 
+def _unused_pngs(store: ArtifactStore, kept_images: list[Artifact], free: set[str]) -> list[Path]:
+    """PNG renders of DICOM images (``images/<dataset>/``) that no kept images version has, or
+    that an older rendering made."""
+    from medhall.export.render import png_name
+
+    wanted: set[str] = set()
+    for art in kept_images:
+        wanted |= {png_name(s) for s in art.read(columns=["sha256"]).column("sha256").to_pylist() if s}
+    base = store.root / "images"
+    if not base.is_dir():
+        return []
+    return sorted(p for d in base.iterdir() if d.is_dir() and d.name in free
+                  for p in d.iterdir() if p.suffix == ".png" and p.name not in wanted)
+
+
 def collect(store: ArtifactStore, keep: int = 3, *, dry_run: bool = False) -> GCReport:
     """Prune versions older than the newest ``keep`` of each table (see the module docstring)."""
     from medhall.store.locks import DatasetBusy, dataset_lock
@@ -290,6 +310,7 @@ def collect(store: ArtifactStore, keep: int = 3, *, dry_run: bool = False) -> GC
             exports = export_versions(store, ds)
             newest = exports[-1:] if exports else []
             doomed += [p for p in exports if p not in newest and int(p.name[1:]) not in versions]
+        doomed += _unused_pngs(store, [a for a in kept if a.table == "images"], free)
         report.bytes_freed = freed_by(doomed)
         report.removed = doomed
         if not dry_run:

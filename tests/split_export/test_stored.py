@@ -58,7 +58,7 @@ def test_image_root_and_release_ids_kept_from_the_source(tmp_path: Path) -> None
     export_stored(tmp_path / "i.parquet", tmp_path / "g.parquet", s, tmp_path / "sql", verdicts=tmp_path / "v.parquet", name="mh", image_root=IMAGE_ROOT)
     assert files_of(tmp_path / "mem") == files_of(tmp_path / "sql")
     first = (tmp_path / "sql" / "filtered" / "medhalltune" / "mh_train_positive_qa.jsonl").read_text().splitlines()[0]
-    assert '"question_id":10' in first  # a source id, not a renumbering from 0
+    assert first.startswith('{"question_id": 10')  # a source id, not a renumbering from 0
 
 
 def _write(tmp_path: Path, data: Dataset, instructions: pa.Table | None = None) -> tuple[Path, Path, Path]:

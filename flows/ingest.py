@@ -18,11 +18,14 @@ def ingest_corpus(
     images_dir: str | None = None,
     require_images: bool | None = None,
     options: dict[str, Any] | None = None,
+    allow_outside_root: bool | None = None,
 ) -> dict[str, Any]:
     """Ingest corpus files with an adapter (llava_med_captions, llava_med_instruct, pubmedvision,
-    medhalltune, generic) into ``dataset``; bad rows go to the quarantine table."""
+    medhalltune, generic) into ``dataset``; bad rows go to the quarantine table.
+    ``allow_outside_root``: follow image paths that resolve outside the images root (default:
+    the setting ``ingest_allow_outside_root``, off)."""
     configure_results()
-    result = ingest_task(adapter, paths, dataset, images_dir, require_images, options)
+    result = ingest_task(adapter, paths, dataset, images_dir, require_images, options, allow_outside_root)
     if result["ok"]:
         result["stats"] = stats_task(dataset)
     return result

@@ -31,6 +31,27 @@ class Settings(BaseSettings):
         ge=1,
         description="Export versions kept per dataset; older ones are removed once a newer one is complete.",
     )
+    # Ingest limits (docs/ingest.md, "Limits"): a hostile or broken corpus must not hang a run
+    # or exhaust memory. Every image file counts against both limits before it is decoded.
+    image_max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1,
+        description="Largest image file read, in bytes (also the most a deflated DICOM may inflate to).",
+    )
+    image_max_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Most pixels an image may declare in its header before it is decoded: width x height "
+        "(Pillow formats), Rows x Columns x frames x samples per pixel (DICOM).",
+    )
+    ingest_allow_outside_root: bool = Field(
+        default=False,
+        description="Follow image paths ('../', absolute, symlinks) that resolve outside the images root.",
+    )
+    ingest_screen_injection: bool = Field(
+        default=True,
+        description="Quarantine records whose caption, question or answer addresses a model (prompt_injection).",
+    )
 
     def resolved_home(self) -> Path:
         return Path(self.home).expanduser().resolve()

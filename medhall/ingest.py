@@ -7,15 +7,21 @@ Steps (docs/ingest.md has the full rules):
    quarantine row. A record whose source id repeats within one file is dropped when it is
    identical to the first (counted) and quarantined as ``duplicate_id`` when it differs. A QA
    pair with an empty question is quarantined (``missing_field``); a caption-only record with
-   an empty caption is quarantined (``empty_caption``).
-2. Resolve each ``image_ref`` against ``images_dir`` (default: the input file's folder).
-   Records naming the same file merge: QA pairs concatenated, the first non-empty caption,
-   modality and body part win.
+   an empty caption is quarantined (``empty_caption``). A record whose caption addresses a
+   model (:func:`medhall.qc.rules.find_injection`: "ignore previous instructions", role tags,
+   ...) is quarantined (``prompt_injection``), and so is a QA pair whose question or answer
+   does (the rest of its record is kept).
+2. Resolve each ``image_ref`` against ``images_dir`` (default: the input file's folder). A ref
+   that resolves (symlinks followed) outside that root is quarantined (``outside_root``)
+   unless ``allow_outside_root``. Records naming the same file merge: QA pairs concatenated,
+   the first non-empty caption, modality and body part win.
 3. Check every distinct file once, concurrently (:func:`medhall.images.check_image`: read,
-   hash, full decode). A corrupt image quarantines its records (``corrupt_image``). A missing
-   one quarantines them (``missing_image``) unless the adapter has ``images_optional`` (or
-   ``require_images=False``): then the image row is kept with ``image_status = "missing"``,
-   no path, and an id from the file name.
+   hash, full decode), within the limits: regular files only (``special_file``), at most
+   ``max_image_bytes`` (``file_too_large``), at most ``max_image_pixels`` declared by the
+   header, checked before decoding (``too_many_pixels``). A corrupt image quarantines its
+   records (``corrupt_image``). A missing one quarantines them (``missing_image``) unless the
+   adapter has ``images_optional`` (or ``require_images=False``): then the image row is kept
+   with ``image_status = "missing"``, no path, and an id from the file name.
 4. ``image_id`` comes from the bytes' SHA-256. A later file with the same bytes as a kept one
    is quarantined as ``duplicate_image`` (the detail names the kept id) and its QA pairs move
    to the kept image, so nothing is lost.
@@ -26,7 +32,7 @@ Steps (docs/ingest.md has the full rules):
    same question with an answer (e.g. the MedHallTune bare ``*_qa.jsonl`` files read together
    with the ``val_*`` files that carry the ground truth).
 
-One module on purpose (about 650 lines): the six steps are one pass over one shared state (the
+One module on purpose (about 780 lines): the six steps are one pass over one shared state (the
 groups of records per image file, the quarantine, the summary counters), and each rule above
 is easier to check against its neighbours when they sit together.
 """
@@ -37,7 +43,6 @@ import gc
 import hashlib
 import json
 import os
-import stat
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -52,7 +57,17 @@ import pyarrow as pa
 from medhall import schema
 from medhall.ids import content_id, image_id, qa_id
 from medhall.ids import run_id as make_run_id
-from medhall.images import ImageInfo, ImageProblem, check_image
+from medhall.images import (
+    FILE_TOO_LARGE,
+    SPECIAL_FILE,
+    TOO_MANY_PIXELS,
+    ImageInfo,
+    ImageProblem,
+    check_image,
+    file_problem,
+    limits,
+)
+from medhall.qc.rules import find_injection
 from medhall.sources.base import QA, Adapter, Rejected, SourceRecord, clip_raw
 from medhall.sources.infer import resolve_body_part, resolve_modality
 
@@ -62,6 +77,8 @@ except ImportError:  # pragma: no cover
     _orjson = None
 
 STAGE = "ingest"
+OUTSIDE_ROOT = "outside_root"
+PROMPT_INJECTION = "prompt_injection"
 CHECK_CHUNK = 64  # files per worker task: keeps thread overhead small on 100k images
 
 
@@ -80,6 +97,7 @@ class IngestSummary:
     images_missing: int = 0  # distinct files not on disk (kept or quarantined)
     missing_kept: bool = False  # True: missing images kept as image_status=missing
     images_corrupt: int = 0
+    images_refused: int = 0  # files over a limit or not regular files (never decoded)
     duplicate_images: int = 0  # files with the bytes of an earlier file
     instructions: int = 0
     qa_duplicates: int = 0  # identical (image, question, answer) pairs collapsed
@@ -224,15 +242,35 @@ def _resolve(base: str, ref: str) -> str:
     return os.path.abspath(ref if os.path.isabs(ref) else os.path.join(base, ref))
 
 
+def _within(real: str, root: str) -> bool:
+    """Whether the resolved path ``real`` is ``root`` or under it (both resolved)."""
+    return real == root or real.startswith(root if root.endswith(os.sep) else root + os.sep)
+
+
+def _injection_detail(field: str, text: str | None) -> str | None:
+    hit = find_injection(text)
+    return None if hit is None else f"the {field} addresses a model: {hit[1]!r} ({hit[0]})"
+
+
 class _Reader:
     """Step 1-2: adapter items -> groups of records per image file, quarantining bad input."""
 
-    def __init__(self, q: _Quarantine, summary: IngestSummary) -> None:
+    def __init__(
+        self,
+        q: _Quarantine,
+        summary: IngestSummary,
+        *,
+        allow_outside_root: bool = False,
+        screen_injection: bool = True,
+    ) -> None:
         self.q, self.summary = q, summary
         self.groups: dict[str, _Group] = {}
+        self.allow_outside_root, self.screen_injection = allow_outside_root, screen_injection
+        self._real: dict[str, str] = {}  # abspath -> realpath (symlinks resolved), per run
 
     def read(self, adapter: Adapter, path: Path, images_dir: Path | None) -> None:
         base = os.path.abspath(images_dir if images_dir is not None else path.parent)
+        root = os.path.realpath(base)
         seen: dict[str, tuple[int, str]] = {}  # source id -> (fingerprint, first record_ref)
         self.summary.files += 1
         try:
@@ -241,7 +279,7 @@ class _Reader:
                 if isinstance(item, Rejected):
                     self.q.rejected(item)
                 elif self._accept(item, seen):
-                    self._group(base, item)
+                    self._group(base, root, item)
         except Exception as e:  # noqa: BLE001 - an adapter bug ends this file, not the run
             self.q.add(
                 path.name,
@@ -249,8 +287,21 @@ class _Reader:
                 f"reading stopped after {self.summary.records_read} record(s): {type(e).__name__}: {e}",
             )
 
-    def _group(self, base: str, rec: SourceRecord) -> None:
+    def _group(self, base: str, root: str, rec: SourceRecord) -> None:
         key = _resolve(base, rec.image_ref)
+        if not self.allow_outside_root:
+            real = self._real.get(key)
+            if real is None:
+                real = self._real[key] = os.path.realpath(key)
+            if not _within(real, root):
+                how = "" if real == key else f" (resolves to {real})"
+                self.q.record(
+                    rec,
+                    OUTSIDE_ROOT,
+                    f"image ref {rec.image_ref!r} is {key}{how}, outside the images root {root}: "
+                    "not read (allow_outside_root / --allow-outside-root to follow it)",
+                )
+                return
         group = self.groups.get(key)
         if group is None:
             group = self.groups[key] = _Group(key, rec.image_ref)
@@ -259,19 +310,32 @@ class _Reader:
     def _accept(self, rec: SourceRecord, seen: dict[str, tuple[int, str]]) -> bool:
         if rec.source_id is not None and not self._first_of_id(rec, seen):
             return False
+        if self.screen_injection:
+            detail = _injection_detail("caption", rec.caption)
+            if detail is not None:
+                lost = f"; its {len(rec.qa)} QA pair(s) with it" if rec.qa else ""
+                self.q.record(rec, PROMPT_INJECTION, f"{detail}: the record is not ingested{lost}")
+                return False
         had_qa = bool(rec.qa)
         good: list[QA] = []
         for i, q in enumerate(rec.qa):
-            if q.question and q.question.strip():
-                good.append(q)
+            if not (q.question and q.question.strip()):
+                reason, detail = "missing_field", "QA pair has an empty question"
+            elif self.screen_injection and (
+                detail := _injection_detail("question", q.question)
+                or _injection_detail("answer", q.answer)
+            ):
+                reason = PROMPT_INJECTION
             else:
-                self.q.add(
-                    f"{rec.record_ref}#qa{i}",
-                    "missing_field",
-                    "QA pair has an empty question",
-                    q.source_qa_id or rec.source_id,
-                    json.dumps({"question": q.question, "answer": q.answer}, ensure_ascii=False),
-                )
+                good.append(q)
+                continue
+            self.q.add(
+                f"{rec.record_ref}#qa{i}",
+                reason,
+                detail,
+                q.source_qa_id or rec.source_id,
+                json.dumps({"question": q.question, "answer": q.answer}, ensure_ascii=False),
+            )
         rec.qa = good
         if good or rec.group is not None or _clean_text(rec.caption):
             return True
@@ -299,11 +363,16 @@ class _Reader:
 # --------------------------------------------------------------------------- images
 
 
-def _check_chunk(paths: Sequence[str]) -> list[ImageInfo | ImageProblem]:
+REFUSED = frozenset({SPECIAL_FILE, FILE_TOO_LARGE, TOO_MANY_PIXELS})  # never decoded
+
+
+def _check_chunk(
+    paths: Sequence[str], max_bytes: int, max_pixels: int
+) -> list[ImageInfo | ImageProblem]:
     out: list[ImageInfo | ImageProblem] = []
     for p in paths:
         try:
-            out.append(check_image(p))
+            out.append(check_image(p, max_bytes=max_bytes, max_pixels=max_pixels))
         except ImageProblem as e:
             out.append(e)
         except Exception as e:  # noqa: BLE001 - never let one file stop the run
@@ -311,37 +380,50 @@ def _check_chunk(paths: Sequence[str]) -> list[ImageInfo | ImageProblem]:
     return out
 
 
-def _absent(path: str) -> ImageProblem | None:
-    """A cheap stat first: files that are not there never reach the worker threads."""
+def _absent(path: str, max_bytes: int) -> ImageProblem | None:
+    """A cheap stat first: files that are not there, directories, FIFOs and devices, and files
+    over the size limit never reach the worker threads (which check again on the open file)."""
     try:
         st = os.stat(path)
     except OSError:
         return ImageProblem("missing_image", f"no such file: {path}")
-    if stat.S_ISDIR(st.st_mode):
-        return ImageProblem("missing_image", f"is a directory, not an image: {path}")
-    return None
+    return file_problem(st, path, max_bytes)
 
 
-def check_images(paths: Sequence[str], workers: int = 4) -> dict[str, ImageInfo | ImageProblem]:
+def check_images(
+    paths: Sequence[str],
+    workers: int = 4,
+    *,
+    max_bytes: int | None = None,
+    max_pixels: int | None = None,
+) -> dict[str, ImageInfo | ImageProblem]:
     """Check many files concurrently (threads; decoders and hashing release the GIL).
 
     Absent files are found with one ``stat`` each in the calling thread; the rest are read,
-    hashed and decoded in chunks of :data:`CHECK_CHUNK` files per worker task.
+    hashed and decoded in chunks of :data:`CHECK_CHUNK` files per worker task. ``max_bytes``
+    / ``max_pixels``: the limits of :func:`medhall.images.check_image` (default: the settings).
     """
+    max_bytes, max_pixels = limits(max_bytes, max_pixels)
     out: dict[str, ImageInfo | ImageProblem] = {}
     present: list[str] = []
     for p in paths:
-        problem = _absent(p)
+        problem = _absent(p, max_bytes)
         if problem is None:
             present.append(p)
         else:
             out[p] = problem
     chunks = [present[i : i + CHECK_CHUNK] for i in range(0, len(present), CHECK_CHUNK)]
     if workers <= 1 or len(chunks) <= 1:
-        results = [r for c in chunks for r in _check_chunk(c)]
+        results = [r for c in chunks for r in _check_chunk(c, max_bytes, max_pixels)]
     else:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medhall-img") as pool:
-            results = [r for rs in pool.map(_check_chunk, chunks) for r in rs]
+            results = [
+                r
+                for rs in pool.map(
+                    _check_chunk, chunks, [max_bytes] * len(chunks), [max_pixels] * len(chunks)
+                )
+                for r in rs
+            ]
     out.update(zip(present, results, strict=True))
     return out
 
@@ -371,6 +453,8 @@ def _keep_images(
         if isinstance(res, ImageProblem):
             if res.reason == "missing_image":
                 summary.images_missing += 1
+            elif res.reason in REFUSED:
+                summary.images_refused += 1
             else:
                 summary.images_corrupt += 1
             if res.reason != "missing_image" or require:
@@ -554,18 +638,51 @@ def ingest(
     require_images: bool | None = None,
     workers: int = 4,
     run_id: str | None = None,
+    allow_outside_root: bool | None = None,
+    max_image_bytes: int | None = None,
+    max_image_pixels: int | None = None,
+    screen_injection: bool | None = None,
 ) -> IngestResult:
     """Read ``paths`` with ``adapter`` into the images / instructions / quarantine tables.
 
-    ``images_dir``: where image refs are relative to (default: each input file's folder).
-    ``require_images``: quarantine records whose image is missing (default: unless the
-    adapter's ``images_optional``). Never raises on bad input; ``result.ok`` is False only
-    when nothing valid was read.
+    ``images_dir``: where image refs are relative to (default: each input file's folder); the
+    images root: a ref resolving outside it is quarantined (``outside_root``) unless
+    ``allow_outside_root``. ``require_images``: quarantine records whose image is missing
+    (default: unless the adapter's ``images_optional``). ``max_image_bytes`` /
+    ``max_image_pixels``: the limits of every image file (docs/ingest.md, "Limits").
+    ``screen_injection``: quarantine text that addresses a model (``prompt_injection``).
+    The four default to the settings (``MEDHALL_INGEST_ALLOW_OUTSIDE_ROOT``,
+    ``MEDHALL_IMAGE_MAX_BYTES``, ``MEDHALL_IMAGE_MAX_PIXELS``, ``MEDHALL_INGEST_SCREEN_INJECTION``).
+    Never raises on bad input; ``result.ok`` is False only when nothing valid was read.
     """
+    from medhall.config import get_settings
+
+    settings = get_settings()
+    guard = _Guard(
+        allow_outside_root=settings.ingest_allow_outside_root
+        if allow_outside_root is None
+        else bool(allow_outside_root),
+        max_bytes=settings.image_max_bytes if max_image_bytes is None else int(max_image_bytes),
+        max_pixels=settings.image_max_pixels if max_image_pixels is None else int(max_image_pixels),
+        screen_injection=settings.ingest_screen_injection
+        if screen_injection is None
+        else bool(screen_injection),
+    )
     with _gc_paused():
         return _ingest(
-            _adapter(adapter), _paths(paths), dataset, images_dir, require_images, workers, run_id
-        )
+            _adapter(adapter), _paths(paths), dataset, images_dir, require_images, workers, run_id,
+            guard,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Guard:
+    """The limits and screens of one run (they change its output: part of its run id)."""
+
+    allow_outside_root: bool
+    max_bytes: int
+    max_pixels: int
+    screen_injection: bool
 
 
 def _ingest(
@@ -576,6 +693,7 @@ def _ingest(
     require_images: bool | None,
     workers: int,
     run_id: str | None,
+    guard: _Guard,
 ) -> IngestResult:
     t0 = time.perf_counter()
     require = (
@@ -590,18 +708,25 @@ def _ingest(
             "dataset": dataset,
             "images_dir": str(img_dir) if img_dir else None,
             "require_images": require,
+            **asdict(guard),
         }
         run_id = make_run_id(STAGE, config, [_file_fingerprint(p) for p in files])
     summary = IngestSummary(source=adapter.name, dataset=dataset, missing_kept=not require)
     q = _Quarantine(adapter.name, dataset, run_id)
 
-    reader = _Reader(q, summary)
+    reader = _Reader(
+        q, summary,
+        allow_outside_root=guard.allow_outside_root, screen_injection=guard.screen_injection,
+    )  # fmt: skip
     for path in files:
         reader.read(adapter, path, img_dir)
     groups = list(reader.groups.values())
     summary.records_ok = sum(len(g.records) for g in groups)
 
-    checks = check_images([g.key for g in groups], workers=workers)
+    checks = check_images(
+        [g.key for g in groups], workers=workers, max_bytes=guard.max_bytes,
+        max_pixels=guard.max_pixels,
+    )  # fmt: skip
     kept = _keep_images(groups, checks, require=require, q=q, summary=summary)
 
     images = _table(
@@ -633,6 +758,8 @@ def iter_summary_lines(summary: IngestSummary | dict[str, Any]) -> Iterator[str]
         img += f", {s['images_missing']} not on disk: {fate}"
     if s["images_corrupt"]:
         img += f", {s['images_corrupt']} corrupt"
+    if s.get("images_refused"):
+        img += f", {s['images_refused']} refused (not a regular file, or over a limit)"
     if s["duplicate_images"]:
         img += f", {s['duplicate_images']} duplicate file(s) merged"
     yield img

@@ -50,6 +50,7 @@ def ingest_to_store(
     require_images: bool | None = None,
     options: Mapping[str, Any] | None = None,
     wait: bool = False,
+    allow_outside_root: bool | None = None,
 ) -> IngestOutcome:
     """Ingest ``paths`` with the named adapter and write images, instructions and quarantine.
 
@@ -71,6 +72,7 @@ def ingest_to_store(
         "images_dir": str(images_dir) if images_dir else None,
         "require_images": require_images,
         "options": dict(options or {}),
+        **({"allow_outside_root": allow_outside_root} if allow_outside_root is not None else {}),
     }
     rid = make_run_id("ingest", config, inputs)
     with dataset_lock(store, dataset, "ingest", wait=wait):
@@ -82,6 +84,7 @@ def ingest_to_store(
             images_dir=images_dir,
             require_images=require_images,
             run_id=rid,
+            allow_outside_root=allow_outside_root,
         )
         arts = {
             name: store.write(name, getattr(result, name), dataset=dataset, config=config, inputs=inputs, run_id=rid)

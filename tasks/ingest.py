@@ -23,7 +23,17 @@ def _ingest_key(_ctx, params: dict[str, Any]) -> str:
         params["dataset"],
         params.get("require_images"),
         params.get("options"),
+        # what may be read changes the result: the root rule and the image limits (settings)
+        *_guard_key(params.get("allow_outside_root")),
     )
+
+
+def _guard_key(allow_outside_root: bool | None) -> tuple[Any, ...]:
+    from medhall.config import get_settings
+
+    s = get_settings()
+    allow = s.ingest_allow_outside_root if allow_outside_root is None else allow_outside_root
+    return bool(allow), s.image_max_bytes, s.image_max_pixels, s.ingest_screen_injection
 
 
 @task(name="ingest", cache_key_fn=_ingest_key, persist_result=True, task_run_name="ingest {adapter} -> {dataset}")
@@ -34,11 +44,13 @@ def ingest_task(
     images_dir: str | None = None,
     require_images: bool | None = None,
     options: dict[str, Any] | None = None,
+    allow_outside_root: bool | None = None,
 ) -> dict[str, Any]:
     """Ingest files into ``dataset``; returns the written artifacts and the summary counts."""
     out = ingest_to_store(
         adapter, [Path(p) for p in paths], dataset=dataset, store=store(),
         images_dir=Path(images_dir) if images_dir else None, require_images=require_images, options=options,
+        allow_outside_root=allow_outside_root,
     )
     summary = dataclasses.asdict(out.summary)
     return {

@@ -15,6 +15,13 @@ the filtered share per rule and overall. The rules (docs/qc.md):
   it in a sentence without any negation.
 - ``rule:duplicate_question``: the same normalised question (lower case, punctuation removed)
   was already asked about the same image; the first occurrence passes, later ones fail.
+- ``rule:injection``: the question or answer holds text that addresses a model rather than
+  describing an image (:data:`INJECTION_PATTERNS`: "ignore previous instructions", "disregard
+  the above", "you are now", "system prompt", chat-template tokens such as ``<|im_start|>`` or
+  ``[INST]``, "### Instruction:", a line opening with "System:" / "Assistant:", "answer YES
+  regardless"), case-insensitively, after NFKC normalisation and with invisible format
+  characters (zero-width spaces, soft hyphens, bidi marks) removed. Ingest screens captions and
+  source QA pairs with the same patterns (:func:`find_injection`).
 
 A pair id (``qa_id``) appearing more than once is checked once (first row).
 """
@@ -23,15 +30,23 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from medhall.schema import QC_VERDICTS
 
-RULES = ("rule:leakage", "rule:short_answer", "rule:affirms_premise", "rule:duplicate_question")
+RULES = (
+    "rule:leakage",
+    "rule:short_answer",
+    "rule:affirms_premise",
+    "rule:duplicate_question",
+    "rule:injection",
+)
 MIN_WORDS = 3
 
 LEAKAGE_PHRASES = (
@@ -61,6 +76,91 @@ def _alternation(phrases: Iterable[str]) -> str:
         reverse=True,
     )
     return r"\b(?:" + "|".join(parts) + r")\b"
+
+
+_Q = "[\"'\u201c\u201d\u2018\u2019]?"  # an optional quote of either kind
+_ROLES = r"(?:instructions?|system|response|input|human|assistant|user)"
+INJECTION_PATTERNS: tuple[tuple[str, str], ...] = (
+    # "ignore all previous instructions", "disregard prior prompts", "forget your system rules"
+    (
+        "ignore previous instructions",
+        r"\b(?:ignore|disregard|forget|override|bypass)\s+"
+        r"(?:(?:all|any|every|each|the|your|my|our|these|those|of|everything|anything)\s+)*"
+        r"(?:previous|prior|preceding|above|earlier|foregoing|former|original|initial|system|existing)\s+"
+        r"(?:instructions?|prompts?|directions?|directives?|rules|messages?|context|commands?|guidelines)\b",
+    ),
+    # "disregard the above.", "ignore everything above and ..." (not "ignore the above symptoms")
+    (
+        "disregard the above",
+        r"\b(?:ignore|disregard|forget)\s+(?:(?:all|everything|anything|of|the|that|this)\s+)*"
+        r"(?:above|foregoing|preceding)(?:\s*(?:[.,;:!]|$)|\s+and\b)",
+    ),
+    ("you are now", r"\byou\s+are\s+now\b"),
+    ("system prompt", r"\bsystem\s+prompts?\b"),
+    # chat-template tokens: <|im_start|>, <|system|>, <|eot_id|>, [INST], <<SYS>>, <start_of_turn>
+    (
+        "chat-template token",
+        r"<\|\s*[a-z_]{2,24}\s*\|>|\[/?inst\]|<<\s*/?sys\s*>>|<(?:start|end)_of_turn>",
+    ),
+    ("instruction header", r"#{2,}[ \t]*" + _ROLES + r"[ \t]*:"),
+    ("role prefix", r"^[ \t>*_]*(?:system|assistant|user|human)[ \t]*:"),
+    # "answer YES regardless", "always answer yes", "regardless of the image, answer no"
+    # (not "answer yes or no")
+    (
+        "answer yes/no regardless",
+        r"\b(?:answer|respond|reply|say|output)(?:\s+with)?\s+" + _Q + r"(?:yes|no)\b" + _Q
+        + r"[\s,;:-]+(?:regardless|no\s+matter|whatever|irrespective|in\s+all\s+cases|every\s+time)\b"
+        r"|\balways\s+(?:answer|respond|reply|say)(?:\s+with)?\s+" + _Q + r"(?:yes|no)\b"
+        r"|\bregardless\s+of\s+(?:the\s+|what\s+)?(?:image|question|input|picture|evidence|findings|"
+        r"instructions?|you\s+see|is\s+shown)\W+(?:\w+\W+){0,4}?(?:answer|respond|reply|say)"
+        r"(?:\s+with)?\s+" + _Q + r"(?:yes|no)\b",
+    ),
+)  # fmt: skip
+# one RE2 / Python pattern: case-insensitive, ^ and $ at line ends
+INJECTION_RE = "(?im)" + "|".join(f"(?:{p})" for _, p in INJECTION_PATTERNS)
+# invisible format characters removed before matching ("ign\u200bore previous instructions")
+FORMAT_CHARS = "[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
+# a pattern can match only a text holding one of its words (lower case): the others are skipped
+_GATES = {
+    "ignore previous instructions": ("ignore", "disregard", "forget", "override", "bypass"),
+    "disregard the above": ("above", "foregoing", "preceding"),
+    "you are now": ("now",),
+    "system prompt": ("prompt",),
+    "chat-template token": ("<|", "inst]", "<<", "_of_turn>"),
+    "instruction header": ("##",),
+    "role prefix": ("system", "assistant", "user", "human"),
+    "answer yes/no regardless": ("regardless", "matter", "whatever", "irrespective", "cases",
+                                 "time", "always"),
+}  # fmt: skip
+# Python: on lower-case text (much faster than IGNORECASE), ^ and $ at line ends
+_INJECTION = tuple((label, _GATES[label], re.compile(p, re.M)) for label, p in INJECTION_PATTERNS)
+_FORMAT = re.compile(FORMAT_CHARS)
+
+
+def normalise_for_injection(text: str) -> str:
+    """NFKC (full-width and other compatibility letters as ASCII), format characters removed."""
+    return _FORMAT.sub("", unicodedata.normalize("NFKC", text))
+
+
+@lru_cache(maxsize=8192)  # a caption repeats on every QA line of its image
+def find_injection(text: str | None) -> tuple[str, str] | None:
+    """``(label, matched text)`` of the first :data:`INJECTION_PATTERNS` hit in ``text``
+    (after :func:`normalise_for_injection`, case-insensitive), or None. Ingest and
+    ``rule:injection`` use it."""
+    if not text:
+        return None
+    norm = text if text.isascii() else normalise_for_injection(text)
+    lower = norm.lower()
+    hits = [
+        (m.start(), label, m.span())
+        for label, gate, rx in _INJECTION
+        if any(w in lower for w in gate) and (m := rx.search(lower))
+    ]
+    if not hits:
+        return None
+    _, label, span = min(hits)
+    matched = (norm if len(norm) == len(lower) else lower)[slice(*span)]
+    return label, " ".join(matched.split())
 
 
 LEAKAGE_RE = _alternation(LEAKAGE_PHRASES)
@@ -249,6 +349,38 @@ def _duplicate_question(t: pa.Table, run_id: str | None) -> pa.Table:
     )
 
 
+def _injection_mask(values: pa.Array) -> pa.Array:
+    """Which texts :func:`find_injection` flags, in Arrow. ASCII text is matched as it is (NFKC
+    leaves it unchanged and it has no format characters); only the rest is normalised."""
+    values = pc.fill_null(values, "")
+    hit = pc.match_substring_regex(values, INJECTION_RE)
+    rest = pc.indices_nonzero(pc.invert(pc.string_is_ascii(values)))
+    if len(rest) == 0:
+        return hit
+    norm = pc.replace_substring_regex(
+        pc.utf8_normalize(pc.take(values, rest), "NFKC"), FORMAT_CHARS, ""
+    )
+    mask = np.array(hit.to_numpy(zero_copy_only=False), dtype=bool)
+    mask[pc.filter(rest, pc.match_substring_regex(norm, INJECTION_RE)).to_numpy()] = True
+    return pa.array(mask, pa.bool_())
+
+
+def _injection(t: pa.Table, run_id: str | None) -> pa.Table:
+    q, a = _c(t, "question"), _c(t, "answer")
+    failed = pc.or_(_injection_mask(q), _injection_mask(a))
+    reasons = []
+    for i in _where(failed):
+        hit, field = find_injection(q[i].as_py()), "question"
+        if hit is None:
+            hit, field = find_injection(a[i].as_py()), "answer"
+        label, text = hit or ("text addressing the model", "")
+        reasons.append(f"prompt injection in the {field}: {text!r} ({label})")
+    return _verdicts(
+        _c(t, "qa_id"), "rule:injection", failed,
+        "no text addressing the model (prompt injection)", reasons, run_id,
+    )  # fmt: skip
+
+
 def rule_checks(
     instructions: pa.Table, *, min_words: int = MIN_WORDS, run_id: str | None = None
 ) -> pa.Table:
@@ -263,6 +395,7 @@ def rule_checks(
             _short_answer(t, min_words, run_id),
             _affirms_premise(t, run_id),
             _duplicate_question(t, run_id),
+            _injection(t, run_id),
         ]
     )
 

@@ -123,7 +123,7 @@ class ArtifactStore:
 
     @property
     def generation_file(self) -> Path:
-        """Touched after every write, so the catalog knows when it is stale."""
+        """Holds a new token after every write; the catalog records the token it was built from."""
         return self.root / ".generation"
 
     def table_dir(self, table: str, dataset: str) -> Path:

@@ -7,6 +7,7 @@ import pytest
 
 from medhall.build import BuildConfig, prepare, run_build
 from medhall.endpoints import LLMSettings
+from medhall.qc.rules import RULES
 from medhall.schema import NEGATIVE_CATEGORIES
 from medhall.store import query
 
@@ -22,7 +23,7 @@ def _check_dataset(store, dataset, out, *, min_positive_tasks=3):
     assert len({c for k, c in cats if k == "positive"}) >= min_positive_tasks
     # every pair has QC verdicts from every rule
     rules = _one(store, f"select count(distinct q.check) n from qc_verdicts__{dataset} q where q.check like 'rule:%'")
-    assert rules[0]["n"] == 4
+    assert rules[0]["n"] == len(RULES) == 5  # injection is the fifth
     missing = _one(store, f"select count(*) n from instructions__{dataset} i anti join qc_verdicts__{dataset} q using (qa_id)")
     assert missing[0]["n"] == 0
     # the split is by image: no image in both

@@ -20,6 +20,7 @@ from flows.build_dataset import build_dataset  # noqa: E402
 from flows.default import build_default  # noqa: E402
 from flows.evaluate_model import evaluate_model  # noqa: E402
 from flows.ingest import ingest_corpus  # noqa: E402
+from flows.judge_agreement import judge_agreement  # noqa: E402
 from flows.train_lora import train_lora  # noqa: E402
 from flows.zero_shot_vqa import zero_shot_vqa  # noqa: E402
 
@@ -50,6 +51,13 @@ def deployments() -> list:
             name="evaluate-model",
             description="Answers, clinical judge, METEOR/ROUGE/BERTScore and the Table 2 report for one model.",
             tags=["medhall", "gpu"],
+        ),
+        judge_agreement.to_deployment(
+            name="judge-agreement",
+            description="A candidate judge (any OpenAI-compatible server) on the MedHallTune release's LLaVA-Med "
+            "answers: agreement with GPT-4o (Spearman, Kendall, weighted kappa, bias, exact/±1) and both leaderboard rows.",
+            parameters={"n": 200},
+            tags=["medhall"],
         ),
         zero_shot_vqa.to_deployment(
             name="zero-shot-vqa",

@@ -25,6 +25,7 @@ FLOWS = {
     "build_dataset": "flows.build_dataset",
     "evaluate_model": "flows.evaluate_model",
     "ingest_corpus": "flows.ingest",
+    "judge_agreement": "flows.judge_agreement",
     "train_lora": "flows.train_lora",
     "zero_shot_vqa": "flows.zero_shot_vqa",
 }

@@ -1,4 +1,5 @@
-"""evaluate_model: a model's answers on a built dataset's split -> judge scores, text metrics, Table 2."""
+"""evaluate_model: a model's answers on a built dataset's split -> judge scores, text metrics,
+judge-free POPE scores, Table 2."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tasks.evaluate import (
     metrics_task,
     plan_answers_task,
     plan_judging_task,
+    pope_task,
     report_task,
 )
 
@@ -51,7 +53,7 @@ def evaluate_model(
     "path": ...}``, ``{"kind": "api", "llm": {...}}``, ``{"kind": "text_llm"}`` (default: the embedded
     SmolLM2, question only) or ``{"kind": "import", "paths": [...]}``), the clinical judge when
     ``judge`` is given (anchored on ``baseline_model``'s judged answers), METEOR/ROUGE/BERTScore,
-    and the Table 2 report (optionally side by side with ``compare_with``). Killed and re-run,
+    judge-free POPE scores of the yes/no questions whose answer is known, and the Table 2 report (optionally side by side with ``compare_with``). Killed and re-run,
     it redoes only unfinished shards. API keys come from the environment, never parameters. The
     run ends Failed when it answered nothing, when failures exceed ``max_failed_share`` (default:
     any), or when the judge judged nothing or the baseline anchored nothing."""
@@ -77,6 +79,7 @@ def evaluate_model(
         out["judge_shards_run"] = len(jplan["todo"])
         out["judgments"] = assemble_judgments_task(cfg, jplan["work_dir"], plan["run_id"])
     out["scores"] = metrics_task(cfg, plan["run_id"])
+    out["pope_scores"] = pope_task(cfg, plan["run_id"])
     out["report"] = report_task(cfg, plan["run_id"], judge_model, compare_with)
     done = eval_outcome(store(), cfg, judge_model, max_failed_share)
     print(done.summary())

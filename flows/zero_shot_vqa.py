@@ -59,7 +59,7 @@ def zero_shot_vqa(
                 )
         release_model_task(spec.name)
     tables = assemble_task(cfg, plan["run_id"])
-    report = report_task(cfg, tables["summary"])
+    report = report_task(cfg, tables["summary"], tables.get("pope"))
     return {
         "dataset": dataset,
         "run_id": plan["run_id"],

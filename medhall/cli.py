@@ -115,7 +115,8 @@ def demo(
     pydicom-data, scikit-image, nibabel and nilearn, with written captions), ingests it, builds
     an instruction dataset from it (offline generator, rule QC, split, exports), evaluates the
     embedded SmolLM2-135M-Instruct on the test split as a text-only baseline (METEOR, ROUGE,
-    BERTScore; judge scores need an endpoint), and prints how to query the tables. It runs as
+    BERTScore, and judge-free POPE-style hallucination scores on the yes/no questions whose
+    answer is known; judge scores need an endpoint), and prints how to query the tables. It runs as
     the Prefect flow ``build_default`` (against PREFECT_API_URL if set, else a local server).
     """
     store = _store()
@@ -150,8 +151,25 @@ def _print_evaluation(report: Path) -> None:
     head = [line for line in lines[:start] if line.strip() and not line.startswith("#")][:3]
     for line in head + lines[start : start + end]:
         console.print("  " + line, soft_wrap=True, markup=False)
+    _print_pope(lines, report)
     console.print(f"  Judge scores (clinical accuracy, relevance, detail, risk) need a judge endpoint: {JUDGE_ENV_HELP}.",
                   soft_wrap=True, markup=False)
+
+
+def _print_pope(lines: list[str], report: Path) -> None:
+    """The judge-free hallucination scores of the report (its POPE section's summary lines)."""
+    at = next((i for i, line in enumerate(lines) if line.startswith("## Hallucination without a judge")), None)
+    if at is None:
+        return
+    section = [line for line in lines[at + 1 :] if not line.startswith("|")]
+    section = section[: next((i for i, line in enumerate(section) if line.startswith("## ")), len(section))]
+    summary = [line.strip("*") for line in section if line.startswith("**")]
+    summary += [line[2:] for line in section if line.startswith(("- `first_word`", "- `pope`"))]
+    console.print("\n[bold]Hallucination without a judge[/] (POPE-style; rules `first_word`: the answer's first word "
+                  "is yes/no, else undecided; `pope`: POPE's rule, a no/not in the first sentence, else yes; by "
+                  f"strategy, category, modality in {report.parent / 'pope.csv'})", soft_wrap=True)
+    for line in summary or [s for s in section if s.strip()][:1]:
+        console.print("  " + line, soft_wrap=True, markup=False)
 
 
 def _print_outcome(store) -> None:
@@ -319,6 +337,81 @@ def evaluate(
     console.print(done.summary(), markup=False, soft_wrap=True)
 
 
+@app.command("judge-agreement")
+def judge_agreement_cmd(
+    judge_url: Annotated[str | None, typer.Option(help="The candidate judge's OpenAI-compatible base URL "
+                                                  "(default MEDHALL_LLM_BASE_URL).")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="The candidate judge model (default MEDHALL_LLM_MODEL).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Judge a seeded sample of this many of the release's 2,238 answers "
+                                   "(0: all).")] = 200,
+    release: Annotated[str, typer.Option(help="Folder with the MedHallTune release files (val_*_qa-filtered.jsonl, "
+                                         "llava-med-prediction-*-GPT4o-eval-filtered.jsonl).")] = "../shared/data/medhalltune",
+    dataset: Annotated[str, typer.Option(help="Dataset the release's questions are ingested into (once).")] = "medhalltune",
+    seed: Annotated[int, typer.Option(help="Seed of the sample and of the bootstrap.")] = 0,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples of the 95 % intervals.")] = 1000,
+    timeout: Annotated[float, typer.Option(help="Seconds one judge request may take.")] = 60.0,
+    attempts: Annotated[int, typer.Option(help="Attempts per judge request.")] = 4,
+    concurrency: Annotated[int, typer.Option(help="Judge requests in flight at once.")] = 16,
+    local: Annotated[bool, typer.Option("--local", help="In-process instead of a Prefect flow.")] = False,
+) -> None:
+    """How well a candidate judge agrees with GPT-4o: it judges the MedHallTune release's
+    LLaVA-Med-v1.5-7B answers, and its scores are compared with GPT-4o's (Spearman, Kendall,
+    quadratic-weighted kappa, bias, exact and ±1 agreement with bootstrap 95 % intervals, per
+    axis, P and N apart), beside both judges' leaderboard rows. Resumable; calls are cached."""
+    from medhall.endpoints import LLMSettings
+    from medhall.evaluate.agreement_run import AgreementConfig, describe_result, run_agreement
+    from medhall.evaluate.config import EvalError
+
+    try:
+        judge = LLMSettings(base_url=judge_url, model=judge_model, timeout_s=timeout, max_attempts=attempts,
+                            concurrency=concurrency)
+        cfg = AgreementConfig(judge=judge, n=n or None, release_dir=release, dataset=dataset, seed=seed, n_boot=n_boot)
+        cfg.files()
+    except (ValueError, EvalError) as e:
+        _fail(_short(e))
+    if local:
+        with console.status("judging the release's answers..."):
+            result = run_agreement(_store(), cfg)
+        markdown, summary, ok = result.markdown, describe_result(result), result.ok
+    else:
+        out = _run_flow("judge_agreement", **cfg.model_dump(exclude={"judge"}), judge=judge)
+        markdown, summary, ok = Path(out["paths"]["markdown"]).read_text(), out["summary"], out["ok"]
+    console.print(markdown, markup=False, soft_wrap=True)
+    if not ok:
+        _fail(summary, 1)
+    console.print(summary, markup=False, soft_wrap=True)
+
+
+@app.command("import-judgments")
+def import_judgments_cmd(
+    files: Annotated[list[Path], typer.Argument(help="Answers with the judge's outputs, in the MedHallTune release's "
+                                                "layout (llava-med-prediction-*-GPT4o-eval-filtered.jsonl); the kind "
+                                                "(P/N) from each file's name.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Stored as <dataset>-baseline-<model>.")] = "medhalltune",
+    model: Annotated[str | None, typer.Option(help="The model that answered (default llava-med-v1.5-7b).")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="The judge that scored them (default gpt-4o).")] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="Reference-based metric(s): meteor (default), rouge1, "
+                                                     "rouge2, rougeL, bertscore_f1.")] = None,
+    no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Judge scores only.")] = False,
+) -> None:
+    """A judged model's Table 2 row from files made elsewhere: with the release's files, the
+    published LLaVA-Med-v1.5-7B row (6.28&5.03, 6.78&5.39, 5.48&4.84, 7.39&5.89, METEOR
+    0.38&0.23). The answers and judgments are stored and can anchor the judge (--baseline)."""
+    from medhall.evaluate.imported import import_judged
+    from medhall.evaluate.text_metrics import METRICS
+
+    metrics = [] if no_metrics else (metric or ["meteor"])
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        _fail(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
+    try:
+        with console.status("importing answers and judgments..."):
+            result = import_judged(_store(), files, dataset=dataset, model=model, judge_model=judge_model, metrics=metrics)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    console.print(result.markdown, markup=False, soft_wrap=True)
+
+
 @app.command()
 def train(
     dataset: Annotated[str, typer.Argument(help="A built dataset (its train split), or a LLaVA / ShareGPT JSON file.")],
@@ -474,8 +567,20 @@ def ingest(
         list[str] | None,
         typer.Option("--map", help="generic adapter: FIELD=COLUMN (fields: image caption id modality body_part question answer kind category)."),
     ] = None,
+    allow_outside_root: Annotated[
+        bool,
+        typer.Option("--allow-outside-root", help="Follow image paths ('../', absolute, symlinks) that resolve outside "
+                     "the images root (default: quarantined as outside_root; MEDHALL_INGEST_ALLOW_OUTSIDE_ROOT)."),
+    ] = False,
 ) -> None:
-    """Ingest a corpus into the store: images checked and deduplicated, bad rows quarantined."""
+    """Ingest a corpus into the store: images checked and deduplicated, bad rows quarantined.
+
+    Images are read only from regular files inside the images root (--images-dir, else each
+    input file's folder), of at most MEDHALL_IMAGE_MAX_BYTES bytes (default 512 MiB) and
+    MEDHALL_IMAGE_MAX_PIXELS pixels declared in the header (default 50,000,000; DICOM: rows x
+    columns x frames x samples). Captions and QA pairs that address a model ("ignore previous
+    instructions", role tags) are quarantined as prompt_injection. See docs/ingest.md.
+    """
     from medhall.jobs import ingest_to_store
 
     options = {}
@@ -487,7 +592,7 @@ def ingest(
     try:
         out = ingest_to_store(
             adapter, paths, dataset=dataset, store=_store(), images_dir=images_dir,
-            require_images=require_images, options=options,
+            require_images=require_images, options=options, allow_outside_root=allow_outside_root or None,
         )
     except (FileNotFoundError, KeyError, ValueError) as e:
         _fail(str(e).strip("'\""))
@@ -555,44 +660,94 @@ def stats(
     console.print(f"CSV: {csv_path}\nPNG: {png}")
 
 
+#: ``medhall sql --out``'s format from the file's extension when --format is not given; JSON is
+#: written as JSON lines (one object per line) whatever the extension.
+SQL_OUT_EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".ndjson": "json", ".parquet": "parquet"}
+
+
+def _sql_out(out: Path, format_: OutFormat | None, force: bool, home: Path) -> tuple[Path, str]:
+    """Where and in which format ``medhall sql --out`` writes; a one-line error (before the query
+    runs) for a path inside MEDHALL_HOME, a directory, an existing file without --force, or a
+    format that neither --format nor the extension gives."""
+    from rich.markup import escape
+
+    target = Path(os.path.abspath(out.expanduser()))
+    home = home.resolve()
+    home_stat = home.stat() if home.exists() else None
+    # the path as given and with symlinks resolved; samestat also catches another spelling of
+    # MEDHALL_HOME (a case-insensitive file system, a bind mount)
+    for path in (target, target.resolve()):
+        for p in (path, *path.parents):
+            if p == home or (home_stat is not None and p.exists() and os.path.samestat(p.stat(), home_stat)):
+                _fail(escape(f"refusing to write inside MEDHALL_HOME ({home}): the store, catalog and "
+                             "caches live there; give --out a path outside it"))
+    if target.is_dir():
+        _fail(escape(f"--out {out} is a directory; give a file name (e.g. {out / 'result.csv'})"))
+    if (target.exists() or target.is_symlink()) and not force:
+        _fail(escape(f"--out {out} exists; add --force to replace it"))
+    if format_ is not None and format_ is not OutFormat.table:
+        return target, format_.value
+    fmt = SQL_OUT_EXTENSIONS.get(target.suffix.lower())
+    if fmt is None:
+        _fail(escape(f"cannot tell the format of --out {out} from its extension: name it .csv, .json, "
+                     ".jsonl or .parquet, or give --format csv|json|parquet"))
+    return target, fmt
+
+
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="One read-only SQL statement (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN).")],
-    format_: Annotated[OutFormat, typer.Option("--format", "-f", help="Output format.")] = OutFormat.table,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the result to this file.")] = None,
+    query: Annotated[str, typer.Argument(help="One read-only SQL statement (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN).")],
+    format_: Annotated[
+        OutFormat | None,
+        typer.Option("--format", "-f", help="Output format (default: table; with --out: the file's extension's)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write the result to this file (.csv, .json/.jsonl: JSON lines, .parquet); "
+                     "never inside MEDHALL_HOME."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
     limit: Annotated[int, typer.Option(help="Rows shown in table format.")] = 50,
 ) -> None:
     """Query the tables with DuckDB SQL (read-only). Views: images, instructions, qc_verdicts, ...
 
     Every table is a view of its latest versions; `<table>_versions`, `<table>__<dataset>`,
-    `<table>__<dataset>__v<N>` and `artifacts` are there too. Statements that would write
-    (INSERT, DROP, COPY, ATTACH, ...) are refused and change nothing.
+    `<table>__<dataset>__v<N>` and `artifacts` are there too. Exactly one SELECT (or EXPLAIN of
+    one) runs, reading only the store's tables: anything else (INSERT, COPY, ATTACH, SET, PRAGMA,
+    EXPLAIN ANALYZE, query(), read_csv() of other files, ...) is refused and changes nothing.
     """
+    from rich.markup import escape
+
     from medhall.store import ReadOnlyError, SQLError
     from medhall.store import query as run_query
 
     store = _store()
+    target = fmt = None
     if out is not None:
-        out = out.resolve()
-        if out.is_relative_to(store.root / "store") or out == (store.root / "catalog.duckdb"):
-            _fail(f"refusing to write inside the artifact store ({store.root / 'store'}); artifacts are never overwritten")
+        target, fmt = _sql_out(out, format_, force, store.root)
+    elif format_ is OutFormat.parquet:
+        _fail("parquet is binary and is never written to the terminal: give --out FILE.parquet")
     try:
         result = run_query(store, query)
     except (ReadOnlyError, SQLError) as e:
-        _fail(str(e))
-    if format_ is OutFormat.table and out is None:
-        console.print(_arrow_to_rich(result, limit=limit))
-        return
+        _fail(escape(str(e)))
     from medhall.report.export import write_table
 
-    fmt = "csv" if format_ is OutFormat.table else format_.value
-    if out is None:
+    if target is None:
+        if format_ is None or format_ is OutFormat.table:
+            console.print(_arrow_to_rich(result, limit=limit))
+            return
         import sys
 
-        write_table(result, sys.stdout.buffer, fmt)
-    else:
-        write_table(result, out, fmt)
-        err.print(f"wrote {result.num_rows} rows to {out}")
+        write_table(result, sys.stdout.buffer, format_.value)
+        return
+    try:
+        write_table(result, target, fmt, overwrite=force)
+    except FileExistsError:
+        _fail(escape(f"--out {out} exists; add --force to replace it"))
+    except OSError as e:
+        _fail(escape(f"could not write --out {out}: {e.strerror or e}"))
+    err.print(escape(f"wrote {result.num_rows} rows to {target} ({fmt})"))
 
 
 @app.command()

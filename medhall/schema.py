@@ -264,6 +264,55 @@ TRAIN_METRICS = _schema(
     ],
 )
 
+JUDGE_AGREEMENT = _schema(
+    "judge_agreement",
+    "How a candidate judge agrees with a reference judge (GPT-4o) on the same answers: one row per (axis, kind, measure), with a bootstrap interval.",
+    [
+        Field("judge_model", pa.string(), "The candidate judge.", False),
+        Field("reference_judge", pa.string(), "The judge it is compared with (gpt-4o: the release's judgments).", False),
+        Field("model", pa.string(), "The model whose answers both judges scored (llava-med-v1.5-7b).", False),
+        Field("axis", pa.string(), "clinical_accuracy, clinical_relevance, detail_level or risk_level.", False),
+        Field("kind", pa.string(), "positive (P), negative (N) or all.", False),
+        Field("measure", pa.string(), "spearman, kendall_tau_b, qwk (quadratic-weighted kappa), bias (mean candidate - reference), exact, within1 (shares), candidate_mean, reference_mean.", False),
+        Field("value", pa.float64(), "The measure; null where undefined (a judge giving one value to every answer)."),
+        Field("ci_low", pa.float64(), "Lower end of the percentile-bootstrap 95 % interval (answer pairs resampled)."),
+        Field("ci_high", pa.float64(), "Upper end of the interval."),
+        Field("n", pa.int64(), "Answers both judges scored."),
+        Field("n_failed", pa.int64(), "Answers asked whose candidate (or reference) judgment failed: counted, not scored."),
+        Field("rubric_hash", pa.string(), "The candidate's judge templates (16 hex of their SHA-256)."),
+        RUN_ID,
+    ],
+)
+
+POPE_SCORES = _schema(
+    "pope_scores",
+    "Judge-free hallucination scores, the POPE way: a model's answers to yes/no questions whose right answer is known, per decision rule and breakdown group.",
+    [
+        Field("model", pa.string(), "The model whose answers were scored.", False),
+        Field("rule", pa.string(), "How an answer becomes yes/no: first_word (strict; other answers undecided) or pope (POPE's rule; always decides).", False),
+        Field("breakdown", pa.string(), "overall, strategy (POPE sampling: random, popular, adversarial), category, attribute_type or modality.", False),
+        Field("group", pa.string(), "The group within the breakdown (all for overall).", False),
+        Field("n", pa.int64(), "Questions scored (known answer, answered)."),
+        Field("n_failed", pa.int64(), "Questions with a known answer but no answer from the model."),
+        Field("n_expected_yes", pa.int64(), "Scored questions whose right answer is yes."),
+        Field("n_expected_no", pa.int64(), "Scored questions whose right answer is no."),
+        Field("tp", pa.int64(), "Answered yes, right answer yes."),
+        Field("fp", pa.int64(), "Answered yes, right answer no (a hallucination)."),
+        Field("tn", pa.int64(), "Answered no, right answer no."),
+        Field("fn", pa.int64(), "Answered no, right answer yes."),
+        Field("undecided", pa.int64(), "Answers the rule could not read as yes or no."),
+        Field("accuracy", pa.float64(), "(tp + tn) / decided answers."),
+        Field("accuracy_all", pa.float64(), "(tp + tn) / n: undecided answers counted wrong."),
+        Field("precision", pa.float64(), "tp / (tp + fp); null without a yes answer."),
+        Field("recall", pa.float64(), "tp / (tp + fn); null without a yes question."),
+        Field("f1", pa.float64(), "Harmonic mean of precision and recall."),
+        Field("yes_ratio", pa.float64(), "Share of decided answers that say yes."),
+        Field("hallucination_rate", pa.float64(), "fp / (fp + tn): no-questions answered yes."),
+        Field("undecided_share", pa.float64(), "undecided / n."),
+        RUN_ID,
+    ],
+)
+
 TABLES: dict[str, pa.Schema] = {
     "images": IMAGES,
     "instructions": INSTRUCTIONS,
@@ -276,6 +325,8 @@ TABLES: dict[str, pa.Schema] = {
     "quarantine": QUARANTINE,
     "train_runs": TRAIN_RUNS,
     "train_metrics": TRAIN_METRICS,
+    "judge_agreement": JUDGE_AGREEMENT,
+    "pope_scores": POPE_SCORES,
 }
 
 

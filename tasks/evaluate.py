@@ -1,4 +1,5 @@
-"""Evaluation tasks: plan, one task per shard of answers and of judgments, assemble, metrics, report.
+"""Evaluation tasks: plan, one task per shard of answers and of judgments, assemble, metrics,
+judge-free POPE scores, report.
 
 Shard tasks are idempotent by completion markers (a finished question is never planned again)
 and cached on explicit inputs: the stage's work directory (its name hashes the model identity,
@@ -91,6 +92,14 @@ def metrics_task(cfg: EvalConfig, run_id: str) -> dict[str, Any]:
     return {**describe(art), "skipped": len(skipped)}
 
 
+@task(name="pope-scores")
+def pope_task(cfg: EvalConfig, run_id: str) -> dict[str, Any] | None:
+    """Judge-free POPE scores of the yes/no questions whose answer is known (``pope_scores``);
+    None when there is no such question."""
+    art = pipeline.compute_pope(store(), cfg, run_id)
+    return describe(art) if art is not None else None
+
+
 @task(name="evaluation-report")
 def report_task(cfg: EvalConfig, run_id: str, judge_model: str | None, compare_with: str | None) -> dict[str, Any]:
     """Markdown/CSV/PNG on disk; the report and the overall Table 2 rows as Prefect artifacts."""
@@ -101,11 +110,16 @@ def report_task(cfg: EvalConfig, run_id: str, judge_model: str | None, compare_w
     create_markdown_artifact(key=f"{key}-report", markdown=files.markdown, description=f"Evaluation of {cfg.resolved_model_name()}")
     overall = [r for r in files.table.to_pylist() if r["breakdown"] == "overall"]
     create_table_artifact(table=overall, key=f"{key}-table2", description="Table 2: means and bootstrap 95 % intervals, P and N")
+    if files.pope is not None:
+        rows = [r for r in files.pope.to_pylist() if r["breakdown"] in ("overall", "strategy")]
+        create_table_artifact(table=rows, key=f"{key}-pope",
+                              description="Judge-free hallucination scores (POPE-style yes/no questions with a known answer)")
     if files.comparison is not None:
         rows = [r for r in files.comparison.to_pylist() if r["breakdown"] == "overall"]
         create_table_artifact(table=rows, key=f"{key}-compare", description=f"{compare_with} vs {cfg.resolved_model_name()}")
     return {
         "markdown": str(files.markdown_path), "csv": str(files.csv_path), "png": str(files.png_path),
         "compare": {k: str(v) for k, v in files.compare_paths.items()},
+        "pope": {k: str(v) for k, v in files.pope_paths.items()},
         "llm_calls": describe(ledger) if ledger is not None else None,
     }

@@ -101,13 +101,15 @@ def assemble_task(cfg: VQAConfig, run_id: str) -> dict[str, Any]:
         "summary": out["summary"],
         "skipped": out["skipped"],
         "counts": out["counts"],
+        "pope": out["pope"].to_pylist() if out["pope"] is not None else None,
     }
 
 
 @task(name="vqa-report")
-def report_task(cfg: VQAConfig, summary: list[dict[str, Any]]) -> dict[str, Any]:
-    """Table 3 files, published as a Markdown and a table artifact in the Prefect UI."""
-    rep = report(store(), cfg, summary)
+def report_task(cfg: VQAConfig, summary: list[dict[str, Any]], pope: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Table 3 files (and the closed yes/no items' POPE-style scores), published as a Markdown
+    and a table artifact in the Prefect UI."""
+    rep = report(store(), cfg, summary, pope=pope)
     key = artifact_key(cfg.dataset)
     create_markdown_artifact(
         key=f"{key}-table3",
@@ -120,4 +122,7 @@ def report_task(cfg: VQAConfig, summary: list[dict[str, Any]]) -> dict[str, Any]
         key=f"{key}-table3-rows",
         description=f"Zero-shot VQA scores (%) of {cfg.dataset}",
     )
-    return {k: v for k, v in rep.items() if k != "markdown_text"}
+    if rep.get("pope_markdown_text"):
+        create_markdown_artifact(key=f"{key}-pope", markdown=rep["pope_markdown_text"],
+                                 description=f"Judge-free POPE-style scores of {cfg.dataset}'s closed yes/no questions")
+    return {k: v for k, v in rep.items() if not k.endswith("markdown_text")}

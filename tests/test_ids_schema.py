@@ -30,6 +30,7 @@ def test_every_table_documents_every_field():
     assert set(schema.TABLES) == {
         "images", "instructions", "qc_verdicts", "splits", "predictions",
         "judgments", "scores", "llm_calls", "quarantine", "train_runs", "train_metrics",
+        "judge_agreement", "pope_scores",
     }
     for name, s in schema.TABLES.items():
         assert s.metadata[b"table"].decode() == name

@@ -22,8 +22,10 @@ Steps (each a Prefect task in ``flows/evaluate_model.py``; each callable on its 
 4. :func:`compute_metrics`: METEOR, ROUGE and BERTScore into the ``scores`` artifact (values
    already computed for the same answer, reference and metric params come from the metric
    cache, :mod:`~medhall.evaluate.metric_cache`);
-5. :func:`write_report`: Table 2 (P and N means with bootstrap 95 % intervals, by category and
-   modality), Markdown, CSV and PNG under ``<home>/reports/<eval dataset>/``.
+5. :func:`compute_pope`: judge-free hallucination scores of the yes/no questions whose answer
+   is known (:mod:`~medhall.evaluate.pope`) into the ``pope_scores`` artifact;
+6. :func:`write_report`: Table 2 (P and N means with bootstrap 95 % intervals, by category and
+   modality) and the POPE scores, Markdown, CSV and PNG under ``<home>/reports/<eval dataset>/``.
 
 :func:`run_eval` runs them in-process; :func:`evaluate_default` is the main job's evaluation
 of the embedded text-only baseline. Results go to the eval dataset
@@ -128,6 +130,22 @@ def compute_metrics(store: ArtifactStore, cfg: EvalConfig, run_id: str, *,
     return art, skipped
 
 
+def compute_pope(store: ArtifactStore, cfg: EvalConfig, run_id: str) -> Artifact | None:
+    """Judge-free hallucination scores (:mod:`medhall.evaluate.pope`): the model's answers to
+    the yes/no questions whose right answer is known, as the ``pope_scores`` artifact of the
+    eval dataset; None (nothing written) when no question has such an answer."""
+    from medhall.evaluate.pope import eval_pope
+
+    questions = load_questions(store, cfg)
+    table = eval_pope(store, cfg, questions, run_id=run_id)
+    if table is None:
+        return None
+    config = {"evaluate": cfg.model_dump(mode="json"), "pope": "first_word+pope"}
+    pred_fp = store.get("predictions", cfg.eval_dataset()).fingerprint
+    return store.write("pope_scores", table, dataset=cfg.eval_dataset(), config=config, inputs=[pred_fp, *questions.inputs],
+                       run_id=run_id)
+
+
 # --------------------------------------------------------------------------- whole runs
 
 
@@ -189,6 +207,8 @@ def run_eval(store: ArtifactStore, cfg: EvalConfig, *, client: Any = None, judge
     metric_cache = MetricCache(cache_path(store.root))
     arts["scores"], skipped = compute_metrics(store, cfg, plan.run_id, cache=metric_cache)
     seconds["metrics"] = time.perf_counter() - t2
+    if (pope := compute_pope(store, cfg, plan.run_id)) is not None:
+        arts["pope_scores"] = pope
     if (ledger := write_ledger(store, cfg, plan.run_id, client or judge_client)) is not None:
         arts["llm_calls"] = ledger
     t3 = time.perf_counter()
@@ -246,12 +266,16 @@ def evaluate_default(store: ArtifactStore, dataset: str = "sample-instruct", *, 
     text-only baseline), scored with METEOR, ROUGE-1/2/L and BERTScore; the report says which
     scores need a judge endpoint and how to give one (``judge``: run the judge too).
     ``max_questions`` caps the questions (a seeded sample). Returns :meth:`EvalResult.as_dict`
-    plus ``summary`` (the Table 2 P&N line) and ``judge_help``."""
+    plus ``summary`` (the Table 2 P&N line), ``pope`` (the judge-free hallucination scores: a
+    count line and a line per decision rule; empty when no question has a known yes/no answer)
+    and ``judge_help``."""
+    from medhall.evaluate.pope import summary_lines
     from medhall.evaluate.report import markdown_pn
 
     result = run_eval(store, default_eval_config(dataset, judge=judge, max_questions=max_questions))
     out = result.as_dict()
     out["summary"] = markdown_pn(result.report.table)
+    out["pope"] = summary_lines(result.report.pope)
     out["judge_help"] = None if judge else f"Judge scores need a judge endpoint: {JUDGE_ENV_HELP}."
     return out
 
@@ -284,6 +308,7 @@ __all__ = [
     "assemble_predictions",
     "build_report_table",
     "compute_metrics",
+    "compute_pope",
     "default_eval_config",
     "default_model_name",
     "eval_dataset_name",

@@ -156,6 +156,8 @@ class ReportFiles:
     table: pa.Table
     comparison: pa.Table | None = None
     compare_paths: dict[str, Path] = field(default_factory=dict)
+    pope: pa.Table | None = None  # judge-free POPE scores (None: no yes/no question with a known answer)
+    pope_paths: dict[str, Path] = field(default_factory=dict)
 
 
 def reports_dir(store: ArtifactStore, cfg: EvalConfig) -> Path:
@@ -202,7 +204,10 @@ def write_report(store: ArtifactStore, cfg: EvalConfig, run_id: str, *, judge_mo
                  compare_with: str | None = None) -> ReportFiles:
     """Table 2 with intervals, breakdowns and (``compare_with``: another model evaluated on the
     same questions) a side-by-side comparison: Markdown, CSV and PNG under
-    ``<home>/reports/<eval dataset>/``. ``judge_model``: the judge of this run (None: no judge)."""
+    ``<home>/reports/<eval dataset>/``. ``judge_model``: the judge of this run (None: no judge).
+    The judge-free POPE scores (:mod:`medhall.evaluate.pope`) of the yes/no questions whose
+    answer is known go into the page and into ``pope.csv`` / ``pope.png``."""
+    from medhall.evaluate.pope import eval_pope, plot_pope
 
     questions = load_questions(store, cfg)
     table = build_report_table(store, cfg, questions, judge_model=judge_model)
@@ -210,6 +215,11 @@ def write_report(store: ArtifactStore, cfg: EvalConfig, run_id: str, *, judge_mo
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(table, out / "report.csv")
     png_path = plot_report(table, out / "report.png", title=f"{cfg.resolved_model_name()} on {cfg.dataset} ({cfg.split or 'all'})")
+    pope = eval_pope(store, cfg, questions)
+    pope_paths = {} if pope is None else {
+        "POPE CSV": write_csv(pope, out / "pope.csv"),
+        "POPE chart": plot_pope(pope, out / "pope.png", title=f"{cfg.resolved_model_name()}: judge-free yes/no scores"),
+    }
     comparison, compare_paths, other_note = None, {}, None
     if compare_with:
         other_ds = eval_dataset_name(cfg.dataset, cfg.split, compare_with, cfg.max_questions)
@@ -224,10 +234,12 @@ def write_report(store: ArtifactStore, cfg: EvalConfig, run_id: str, *, judge_mo
                              "png": plot_report(pa.concat_tables([other, table]), out / f"compare-{slug(compare_with)}.png",
                                                 title=f"{compare_with} vs {cfg.resolved_model_name()}")}
     markdown = render_markdown(store, cfg, questions, table, judge_model=judge_model, comparison=comparison,
-                               compare_with=compare_with, note=other_note, files={"CSV": csv_path, "chart": png_path, **compare_paths})
+                               compare_with=compare_with, note=other_note, pope=pope,
+                               files={"CSV": csv_path, "chart": png_path, **compare_paths, **pope_paths})
     md_path = out / "report.md"
     atomic.write_bytes(md_path, markdown.encode())
-    return ReportFiles(md_path, csv_path, png_path, markdown, table, comparison, compare_paths)
+    return ReportFiles(md_path, csv_path, png_path, markdown, table, comparison, compare_paths, pope,
+                       {k.removeprefix("POPE ").lower(): v for k, v in pope_paths.items()})
 
 
 def _common_questions(store: ArtifactStore, cfg: EvalConfig, questions: Questions, other: str,
@@ -252,13 +264,16 @@ def _common_questions(store: ArtifactStore, cfg: EvalConfig, questions: Question
 
 def render_markdown(store: ArtifactStore, cfg: EvalConfig, questions: Questions, table: pa.Table, *,
                     judge_model: str | None, comparison: pa.Table | None = None, compare_with: str | None = None,
-                    note: str | None = None, files: dict[str, Any] | None = None) -> str:
-    """The report in Markdown: what was evaluated and how, Table 2, breakdowns, comparison."""
+                    note: str | None = None, files: dict[str, Any] | None = None, pope: pa.Table | None = None) -> str:
+    """The report in Markdown: what was evaluated and how, Table 2, the judge-free POPE scores,
+    breakdowns, comparison."""
+    from medhall.evaluate.pope import markdown_section
 
     preds = read_predictions(store, cfg, questions.qa_ids)
     parts = [_header(cfg, questions, preds), _judge_section(store, cfg, questions, judge_model), _metrics_section(cfg)]
     parts.append("## Table 2 (P = non-hallucination, N = hallucination questions)\n\n" + markdown_pn(table))
     parts.append("## Overall, with bootstrap 95 % intervals\n\n" + markdown_table(table, "overall"))
+    parts.append(markdown_section(pope))
     for breakdown in ("category", "modality"):
         if any(r == breakdown for r in table.column("breakdown").to_pylist()):
             parts.append(f"## By {breakdown}\n\n" + markdown_table(table, breakdown))
@@ -357,7 +372,8 @@ def _metrics_section(cfg: EvalConfig) -> str:
 def _files_section(cfg: EvalConfig, files: dict[str, Any]) -> str:
     view = re.sub(r"[^A-Za-z0-9_]", "_", cfg.eval_dataset())
     lines = ["## Files and queries", ""] + [f"- {k}: `{v}`" for k, v in files.items()]
-    lines += [f"- Rows: `medhall sql \"select * from scores__{view}\"` (also `predictions__{view}`, `judgments__{view}`)"]
+    lines += [f"- Rows: `medhall sql \"select * from scores__{view}\"` (also `predictions__{view}`, `judgments__{view}`, "
+              f"`pope_scores__{view}`)"]
     return "\n".join(lines) + "\n"
 
 

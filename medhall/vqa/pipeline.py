@@ -368,6 +368,25 @@ def _collect(
             yield preds, score(spec.name, items, preds, cfg, run_id)
 
 
+def _pope(cfg: VQAConfig, loaded: Loaded, predictions: Sequence[pa.Table], run_id: str | None) -> pa.Table | None:
+    """Judge-free POPE-style scores of each model's answers to the closed yes/no items
+    (:func:`medhall.evaluate.pope.vqa_known`), by benchmark; None when there is no such item.
+    ``predictions`` come in :func:`_collect`'s order (model by model, benchmark by benchmark)."""
+    from medhall.evaluate.pope import pope_scores, vqa_known
+
+    tables, it = [], iter(predictions)
+    for spec in cfg.models:
+        known, answers = [], {}
+        for bench in cfg.benchmarks:
+            preds = next(it)
+            known += vqa_known(loaded.items[bench.name])
+            answers.update({q: a for q, a, s in zip(*(preds.column(c).to_pylist() for c in ("qa_id", "answer", "status")),
+                                                    strict=True) if s == "ok"})
+        if known:
+            tables.append(pope_scores(known, answers, model=spec.name, run_id=run_id))
+    return pa.concat_tables(tables) if tables else None
+
+
 def assemble(
     store: ArtifactStore, cfg: VQAConfig, run_id: str | None = None, loaded: Loaded | None = None
 ) -> dict[str, Any]:
@@ -392,10 +411,14 @@ def assemble(
     score_table = from_rows("scores", [r for _, s in collected for r in s.rows])
     scores = store.write("scores", score_table, inputs=[preds.fingerprint], **meta)
     quarantine = store.write("quarantine", loaded.quarantine, inputs=inputs, **meta)
+    pope = _pope(cfg, loaded, [p for p, _ in collected], run_id)
+    pope_art = store.write("pope_scores", pope, inputs=[preds.fingerprint], **meta) if pope is not None else None
     return {
         "predictions": preds,
         "scores": scores,
         "quarantine": quarantine,
+        "pope_scores": pope_art,
+        "pope": pope,
         "summary": [r for _, s in collected for r in s.summary],
         "skipped": loaded.skipped,
         "counts": {
@@ -452,7 +475,7 @@ def run_vqa(
         "shards_run": run,
         "stopped": False,
         **out,
-        "report": report(store, cfg, out["summary"]),
+        "report": report(store, cfg, out["summary"], pope=out["pope"]),
     }
 
 

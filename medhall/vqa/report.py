@@ -199,13 +199,34 @@ def _markdown(cfg: VQAConfig, table_md: str, summary: Sequence[Mapping[str, Any]
     )
 
 
+def _pope_markdown(cfg: VQAConfig, pope: Any) -> str:
+    from medhall.evaluate.pope import RULE_WORDS, markdown_models
+
+    return (
+        f"# Hallucination without a judge: {cfg.dataset}'s closed yes/no questions, POPE-style\n\n"
+        "The closed questions whose reference is yes or no, scored as POPE scores object hallucination "
+        "(\"yes\" the positive class; hallucination rate: the share of no-questions answered yes). "
+        f"Rule `first_word`: {RULE_WORDS['first_word']}. Rates in %; `pope_scores` has POPE's own rule too.\n\n"
+        + markdown_models(pope)
+    )
+
+
 def report(
-    store: ArtifactStore, cfg: VQAConfig, summary: Sequence[Mapping[str, Any]]
+    store: ArtifactStore, cfg: VQAConfig, summary: Sequence[Mapping[str, Any]], pope: Any = None
 ) -> dict[str, Any]:
     """Table 3 as Markdown, CSV and PNG, and the long summary as CSV, under
-    :func:`report_dir`; returns their paths, the Markdown text and the table's rows."""
+    :func:`report_dir`; returns their paths, the Markdown text and the table's rows. ``pope``
+    (the ``pope_scores`` rows of the closed yes/no items, a table or a list of dicts) adds
+    ``pope.md`` and ``pope.csv`` (paths ``pope_markdown``, ``pope_csv``; text
+    ``pope_markdown_text``)."""
+    import pyarrow as pa
+
     table = build_table3(table3_results(summary), cfg.base_of())
     markdown, csv_text = _markdown(cfg, table3_markdown(table), summary), table3_csv(table)
+    if pope is not None and not isinstance(pope, pa.Table):
+        from medhall.schema import from_rows
+
+        pope = from_rows("pope_scores", pope) if pope else None
     out = report_dir(store, cfg)
     files = {
         "markdown": (out / "table3.md", markdown.encode()),
@@ -216,6 +237,16 @@ def report(
         ),
         "summary_csv": (out / "summary.csv", _summary_csv(summary).encode()),
     }
+    extra: dict[str, Any] = {}
+    if pope is not None:
+        from medhall.report.export import write_table
+
+        extra["pope_markdown_text"] = _pope_markdown(cfg, pope)
+        extra["pope_markdown"] = str(out / "pope.md")
+        with atomic_path(out / "pope.md") as tmp:
+            tmp.write_bytes(extra["pope_markdown_text"].encode())
+        write_table(pope, out / "pope.csv", "csv")
+        extra["pope_csv"] = str(out / "pope.csv")
     for path, data in files.values():
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
@@ -223,6 +254,7 @@ def report(
         **{name: str(path) for name, (path, _) in files.items()},
         "markdown_text": markdown,
         "rows": list(csv.DictReader(io.StringIO(csv_text))),
+        **extra,
     }
 
 

@@ -61,7 +61,7 @@ def test_deployments_have_schedules_and_ui_parameters():
 
     deps = {d.name: d for d in deployments()}
     assert set(deps) == {"build-default", "ingest-corpus", "build-dataset", "evaluate-model", "zero-shot-vqa",
-                         "train-lora", "ablation"}
+                         "train-lora", "ablation", "judge-agreement"}
     sched = deps["build-default"].schedules[0].schedule
     assert getattr(sched, "cron", None) == "0 3 * * *"
     assert deps["ingest-corpus"].parameters["adapter"] == "medhalltune"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medhall.errors import MedhallError
 from medhall.ids import file_sha256
 from medhall.ids import run_id as make_run_id
 from medhall.store import Artifact, ArtifactStore, build_catalog
@@ -40,6 +41,10 @@ class DefaultOutcome:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+class EmptyIngest(MedhallError, ValueError):
+    """An ingest that would write empty tables over a dataset (or had nothing to read)."""
+
+
 def ingest_to_store(
     adapter: str,
     paths: Sequence[Path],
@@ -61,6 +66,9 @@ def ingest_to_store(
     from medhall.store.housekeeping import sweep
     from medhall.store.locks import dataset_lock
 
+    if not paths:
+        raise EmptyIngest(f"no input files given for {dataset}: nothing was ingested and {dataset} is unchanged; "
+                          "pass the corpus files (paths)")
     paths = [Path(p).resolve() for p in paths]
     for p in paths:
         if not p.exists():
@@ -86,6 +94,12 @@ def ingest_to_store(
             run_id=rid,
             allow_outside_root=allow_outside_root,
         )
+        previous = store.latest("images", dataset)
+        if result.images.num_rows == 0 and previous is not None and previous.rows > 0:
+            raise EmptyIngest(
+                f"{', '.join(str(p) for p in paths)} gave no image ({result.summary.records_read} records read, "
+                f"{result.quarantine.num_rows} quarantined); {dataset} keeps its {previous.rows} images (version {previous.version}) instead of "
+                "an empty version. Check the adapter and the paths")
         arts = {
             name: store.write(name, getattr(result, name), dataset=dataset, config=config, inputs=inputs, run_id=rid)
             for name in ("images", "instructions", "quarantine")

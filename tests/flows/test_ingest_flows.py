@@ -105,3 +105,21 @@ def test_build_flow_resumes_and_never_trusts_a_cache_whose_work_dir_is_gone(flow
     shutil.rmtree(work_dir(store, BuildConfig(**params)))
     rebuilt = build_dataset(**params)  # the shards really run again: same content, same artifact
     assert rebuilt["shards_run"] == 3 and rebuilt["instructions"]["fingerprint"] == first["instructions"]["fingerprint"]
+
+
+def test_ingest_with_no_paths_or_nothing_read_never_empties_a_dataset(store, tmp_path) -> None:
+    """The ingest-corpus deployment's defaults (paths: []) used to write empty latest versions
+    over an ingested dataset and end green."""
+    from medhall import sample
+    from medhall.jobs import EmptyIngest, ingest_to_store
+
+    captions = sample.materialize(tmp_path / "corpus")
+    first = ingest_to_store("llava_med_captions", [captions], dataset="kept", store=store)
+    assert first.ok and first.artifacts["images"].rows > 0
+    with pytest.raises(EmptyIngest, match="no input files given for kept"):
+        ingest_to_store("medhalltune", [], dataset="kept", store=store)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(EmptyIngest, match=f"keeps its {first.artifacts['images'].rows} images"):
+        ingest_to_store("llava_med_captions", [empty], dataset="kept", store=store)
+    assert [a.version for a in store.versions("images", "kept")] == [1]

@@ -42,6 +42,7 @@ def _server_module():
     spec = importlib.util.spec_from_file_location("medhall_llm_test_server", ROOT / "tests/llm/server.py")
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -129,16 +130,17 @@ def concurrent_builds(n: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=20_000)
+    ap.add_argument("--images", type=int, default=20_000, help="0: skip the disk part")
     ap.add_argument("--rebuilds", type=int, default=3)
     ap.add_argument("--llm-images", type=int, default=400)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "store_safety.json")
     args = ap.parse_args()
-    disk = disk_per_rebuild(args.images, args.rebuilds)
     mb = 1e6
-    print(f"disk: {disk['images']} images, one export folder {disk['export_folder_bytes'] / mb:.1f} MB; "
-          f"each one-row rebuild added {', '.join(f'{a / mb:.2f} MB' for a in disk['added_bytes'])} "
-          f"({', '.join(str(r) for r in disk['added_over_export'])} of an export folder)", flush=True)
+    disk = disk_per_rebuild(args.images, args.rebuilds) if args.images else None
+    if disk:
+        print(f"disk: {disk['images']} images, one export folder {disk['export_folder_bytes'] / mb:.1f} MB; "
+              f"each one-row rebuild added {', '.join(f'{a / mb:.2f} MB' for a in disk['added_bytes'])} "
+              f"({', '.join(str(r) for r in disk['added_over_export'])} of an export folder)", flush=True)
     conc = concurrent_builds(args.llm_images)
     for case, r in conc.items():
         print(f"concurrent builds, {case}: exit {r['exit_codes']}, {r['requests_served']} requests served for "

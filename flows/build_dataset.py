@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from prefect import flow
 
+from flows.runners import DEFAULT_SHARDS_IN_FLIGHT, RunnerKind, run_shards, task_runner_for
 from medhall.build import DEFAULT_EXPORTS, BuildConfig, IncompleteBuild
 from medhall.endpoints import LLMSettings
 from medhall.store.locks import dataset_lock
@@ -34,6 +35,10 @@ def build_dataset(
     exports: list[str] = list(DEFAULT_EXPORTS),  # noqa: B006 (Prefect needs a plain default)
     max_failed_share: float = 0.0,
     wait: bool = False,
+    runner: RunnerKind = "threads",
+    shards_in_flight: int = DEFAULT_SHARDS_IN_FLIGHT,
+    address: str | None = None,
+    workers: int = 2,
 ) -> dict[str, Any]:
     """Generate hallucination (negative) and non-hallucination (positive) pairs for every image of
     ``source``, quality-control them, split by image and export. Killed and re-run, it redoes only
@@ -41,23 +46,33 @@ def build_dataset(
     the environment (MEDHALL_LLM_API_KEY), never from parameters. The run ends Failed when it
     produced nothing or more than ``max_failed_share`` of the images failed for good (default:
     any), with the failures by reason; a re-run retries them. Another build of ``dataset`` running
-    makes this one stop at once, saying whose it is, or wait for it with ``wait``."""
+    makes this one stop at once, saying whose it is, or wait for it with ``wait``.
+
+    Shards run at once, ``shards_in_flight`` of them, on ``runner`` (flows/runners.py): ``threads``
+    of this process (their LLM calls share one client: ``llm.concurrency`` requests in flight in
+    total), ``dask`` (a local cluster of ``workers`` processes, or the scheduler at ``address``) or
+    ``ray``; on a cluster ``llm.concurrency`` holds per worker process. A shard that fails for
+    good does not stop the others; the run then ends Failed naming it, and a re-run redoes it."""
     configure_results()
     cfg = BuildConfig(
         source=source, dataset=dataset, generator=generator, questions_per_image=questions_per_image,
         llm=llm, llm_qc=llm_qc, test_images=test_images, shard_size=shard_size, seed=seed, exports=tuple(exports),
     )
+    task_runner = task_runner_for(runner, address, workers, shards_in_flight)  # a bad choice stops here
     with dataset_lock(store(), dataset, "build", wait=wait, on_wait=lambda h: print(
             f"waiting for another build of {dataset} (pid {h.get('pid', '?')}, started at {h.get('started_at', '?')})")):
-        return _build(cfg, max_failed_share)
+        return _build(cfg, max_failed_share, task_runner)
 
 
-def _build(cfg: BuildConfig, max_failed_share: float) -> dict[str, Any]:
+def _build(cfg: BuildConfig, max_failed_share: float, task_runner: Any) -> dict[str, Any]:
     dataset = cfg.dataset
     plan = plan_task(cfg)
     print(f"{plan['n_images']} images: {plan['done']} shard(s) already done, {len(plan['todo'])} to do")
-    for shard in plan["todo"]:
-        generate_shard_task(cfg, plan["work_dir"], plan["stats_path"], shard["key"], shard["keys"], shard["image_ids"], plan["run_id"])
+    if plan["todo"]:
+        calls = [{"cfg": cfg, "work_dir": plan["work_dir"], "stats_path": plan["stats_path"], "shard_key": s["key"],
+                  "keys": s["keys"], "image_ids": s["image_ids"], "run_id": plan["run_id"]} for s in plan["todo"]]
+        with task_runner:  # every shard submitted at once; the runner bounds how many run
+            run_shards(task_runner, generate_shard_task, calls)
     tables = assemble_task(cfg, plan["work_dir"], plan["images_fingerprint"], plan["run_id"])
     exported = split_export_task(cfg, plan["run_id"])
     stats = stats_task(cfg)

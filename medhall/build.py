@@ -193,7 +193,29 @@ def generate_shard(
     validate) is quarantined with its reason and left out of the marker, so the next run plans
     it again; requests that succeeded come from the LLM cache then, never paid twice.
     ``all_images``, ``stats`` and ``client`` may be passed by a caller that already holds them.
+    Without ``client``, the shard uses the process's client for ``cfg.llm`` (:func:`shared_client`),
+    so shards running at once on threads share its concurrency and rate limits.
     """
+    if client is None and (cfg.generator == "llm" or cfg.llm_qc):
+        with shared_client(cfg, store, run_id) as client:
+            return _generate_shard(store, cfg, plan_dir, stats_path, shard, run_id, all_images, stats, client)
+    return _generate_shard(store, cfg, plan_dir, stats_path, shard, run_id, all_images, stats, client)
+
+
+def shared_client(cfg: BuildConfig, store: ArtifactStore, run_id: str):
+    """A context holding the process's :class:`medhall.llm.LLMClient` for this build's endpoint
+    (one per endpoint settings, store and run; generation and LLM QC share it), closed when its
+    last shard leaves (:mod:`medhall.llm.shared`)."""
+    from medhall.endpoints import LLMSettings, make_client
+    from medhall.llm.shared import lease
+
+    settings = cfg.llm or LLMSettings()
+    key = ("build", settings.model_dump_json(), str(store.root), run_id)
+    return lease(key, lambda: make_client(settings, run_id=run_id, home=store.root))
+
+
+def _generate_shard(store: ArtifactStore, cfg: BuildConfig, plan_dir: Path, stats_path: Path, shard: Shard, run_id: str,
+                    all_images: pa.Table | None, stats: Any, client: Any) -> Path:
     from medhall.generate import CorpusStats
 
     images = _shard_images(store, cfg, shard, all_images)

@@ -221,6 +221,14 @@ def build(
     local: Annotated[bool, typer.Option("--local", help="In-process instead of a Prefect flow.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="If another build of the dataset is running, wait for it "
                                        "instead of stopping.")] = False,
+    runner: Annotated[str, typer.Option(help="Where shards run at once: threads (this process; the LLM "
+                                        "--concurrency is shared by all), dask or ray (--concurrency is per worker "
+                                        "process).")] = "threads",
+    shards_in_flight: Annotated[int, typer.Option("--shards-in-flight", help="Shards running at once.")] = 8,
+    cluster_address: Annotated[str | None, typer.Option("--cluster-address", help="Dask scheduler (tcp://host:8786) "
+                                                        "or Ray (ray://host:10001) address; default: a local "
+                                                        "cluster of --workers processes.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes of the local Dask or Ray cluster.")] = 2,
 ) -> None:
     """Build a quality-controlled instruction dataset (negative + positive pairs) from a corpus.
 
@@ -229,6 +237,8 @@ def build(
     from medhall.build import BuildConfig, run_build
     from medhall.endpoints import LLMSettings
 
+    if runner not in ("threads", "dask", "ray"):
+        _fail(f"--runner {runner}: one of threads, dask, ray")
     uses_llm = generator == "llm" or llm_qc
     try:
         llm = LLMSettings(backend=backend, model=model, base_url=base_url, text_only=text_only, max_cost_usd=max_cost,
@@ -250,9 +260,10 @@ def build(
             with console.status(f"building {dataset} from {source}..."):
                 run_build(store, cfg, wait=wait)
         else:
-            _run_flow("build_dataset", max_failed_share=max_failed, wait=wait, **{k: getattr(cfg, k) for k in (
-                "source", "dataset", "generator", "questions_per_image", "llm", "llm_qc", "test_images", "shard_size",
-                "seed")})
+            _run_flow("build_dataset", max_failed_share=max_failed, wait=wait, runner=runner,
+                      shards_in_flight=shards_in_flight, address=cluster_address, workers=workers,
+                      **{k: getattr(cfg, k) for k in ("source", "dataset", "generator", "questions_per_image", "llm",
+                                                      "llm_qc", "test_images", "shard_size", "seed")})
     except IncompleteBuild:
         pass  # summarised below, from the store
     done = outcome(store, cfg, max_failed)

@@ -12,6 +12,7 @@ this process) and unloaded by :func:`release_model_task` before the next model.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from prefect import task
@@ -26,6 +27,7 @@ from tasks.common import artifact_key, cache_key, describe, store
 
 #: The runners of the models being answered, shared by the shard tasks of this process.
 POOL = RunnerPool()
+_POOL_LOCK = threading.Lock()  # shard tasks on threads: one runner (one client, one model load) per model
 
 
 @task(name="vqa-plan")
@@ -80,7 +82,8 @@ def answer_shard_task(
     ``model_key``, ``benchmark_fingerprint`` and ``work_dir`` come from the plan and make the
     cache key.
     """
-    runner = POOL.get(cfg.model(model), cfg)
+    with _POOL_LOCK:
+        runner = POOL.get(cfg.model(model), cfg)
     return str(
         vqa.answer_shard(store(), cfg, model, benchmark, item_ids, run_id=run_id, runner=runner)
     )
@@ -89,7 +92,8 @@ def answer_shard_task(
 @task(name="vqa-release-model", task_run_name="unload {model}")
 def release_model_task(model: str) -> None:
     """Unload ``model`` before the next one is loaded."""
-    POOL.release(model)
+    with _POOL_LOCK:
+        POOL.release(model)
 
 
 @task(name="vqa-assemble")

@@ -27,6 +27,15 @@ at ``/models``) is part of every cache key. A server's ``Retry-After`` is honour
 ``max_retry_after_s`` (logged when capped); after ``max_connection_failures`` connection
 failures in a row the client stops sending ("cannot reach URL") instead of retrying each
 request to its end.
+
+Threads: :meth:`LLMClient.run` (the synchronous entry every stage uses) runs its batch on the
+client's own event loop, one daemon thread per client, whichever thread calls it. Shard tasks
+running at once on threads therefore share one semaphore (``max_concurrency`` requests in
+flight in total, not per thread), one rate limiter, one budget and one in-flight table (a
+request asked by two shards at once is sent once). Coroutines awaited on another loop
+(``await client.arun(...)``) keep a semaphore of that loop. Processes do not share a client: see
+:mod:`medhall.llm.shared` for one client per endpoint in a process and how limits divide across
+processes and machines.
 """
 
 from __future__ import annotations
@@ -38,8 +47,11 @@ import functools
 import gc
 import json
 import logging
+import os
 import re
+import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,14 +189,64 @@ def quiet_gc() -> Iterator[None]:
     before the batch (they are not traversed) and making full collections 10 times rarer took
     the benchmark from about 0.86 to 0.91 of its latency bound.
     """
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(thresholds[0], thresholds[1], max(thresholds[2], 100))
+    global _gc_users, _gc_thresholds
+    with _gc_lock:  # batches of several clients or threads overlap: the first in sets, the last out restores
+        if _gc_users == 0:
+            _gc_thresholds = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(_gc_thresholds[0], _gc_thresholds[1], max(_gc_thresholds[2], 100))
+        _gc_users += 1
     try:
         yield
     finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0:
+                gc.set_threshold(*_gc_thresholds)
+                gc.unfreeze()
+
+
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_thresholds: tuple[int, ...] = gc.get_threshold()
+_progress_lock = threading.Lock()
+_progress_shown = False  # one progress display at a time in a process (concurrent batches run without)
+
+
+class _HomeLoop:
+    """An event loop running forever in a daemon thread: where :meth:`LLMClient.run` sends its
+    batches, so that every thread of the process shares the client's asyncio objects."""
+
+    def __init__(self, name: str) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            with contextlib.suppress(Exception):
+                pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.pid != os.getpid() or not self.thread.is_alive():  # a forked child: the thread is not here
+            return
+        with contextlib.suppress(RuntimeError):  # already closed
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
 
 
 @dataclass(slots=True)
@@ -267,6 +329,8 @@ class LLMClient:
         self.inflight_locks = InflightLocks(self.cache.path.parent)
         self._identity: dict[str, Any] | None = None
         self._identity_known = False
+        self._home: _HomeLoop | None = None
+        self._home_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"LLMClient(backend={self.backend!r}, cache={self.cache!r}, "
@@ -310,13 +374,20 @@ class LLMClient:
 
         feeder = asyncio.create_task(feed())
         gc_context = quiet_gc() if self.tune_gc else contextlib.nullcontext()
+        global _progress_shown
+        with _progress_lock:  # batches running at once (shard threads) would draw over each other
+            shown = progress and not _progress_shown
+            _progress_shown = _progress_shown or shown
         try:
-            with gc_context, BatchProgress(len(requests), enabled=progress) as bar:
+            with gc_context, BatchProgress(len(requests), enabled=shown) as bar:
                 for _ in range(len(requests)):
                     i, result = await done.get()
                     bar.update(result)
                     yield i, result
         finally:
+            if shown:
+                with _progress_lock:
+                    _progress_shown = False
             feeder.cancel()
             for task in list(tasks):
                 task.cancel()
@@ -332,19 +403,39 @@ class LLMClient:
 
     def run(self, requests: Iterable[ChatRequest], schema: type[BaseModel] | None = None,
             *, progress: bool = True) -> list[ChatResult]:
-        """Synchronous :meth:`arun` (in a worker thread when an event loop is already running)."""
-        async def main() -> list[ChatResult]:
-            try:
-                return await self.arun(requests, schema, progress=progress)
-            finally:
-                await self.backend.aclose()
+        """Synchronous :meth:`arun`, run on the client's own event loop (:meth:`home_loop`).
 
+        Any number of threads may call it at once: their batches share the client's semaphore
+        (``max_concurrency`` requests in flight in total), rate limiter, budget and in-flight
+        table. An exception in the caller (Ctrl-C) cancels the batch; what finished is saved.
+        """
+        requests = list(requests)
+        home = self._home_loop()
         try:
-            asyncio.get_running_loop()
+            running = asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(main())
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, main()).result()
+            running = None
+        if running is home.loop:
+            raise RuntimeError("LLMClient.run() was called on the client's own event loop: await arun() there")
+        future = home.submit(self.arun(requests, schema, progress=progress))
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def home_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop (in a daemon thread of its own, started on first use) that runs every
+        :meth:`run` of this client in this process."""
+        return self._home_loop().loop
+
+    def _home_loop(self) -> _HomeLoop:
+        with self._home_lock:
+            home = self._home
+            if home is None or home.pid != os.getpid() or not home.thread.is_alive():
+                home = self._home = _HomeLoop(f"medhall-llm-{self.backend.name}")
+                weakref.finalize(self, home.stop, 1.0)  # a client dropped unclosed stops its thread
+            return home
 
     def ledger_table(self, run_id: str | None = None) -> pa.Table:
         """The ledger (all runs in this cache, or one run) as an ``llm_calls`` Arrow table."""
@@ -353,7 +444,17 @@ class LLMClient:
         return from_rows("llm_calls", self.cache.ledger_rows(run_id))
 
     def close(self) -> None:
-        """Commit pending writes and stop the cache's writer thread."""
+        """Close the backend's connections, stop the client's event loop, commit pending writes
+        and stop the cache's writer thread. A later :meth:`run` starts a new loop."""
+        with self._home_lock:
+            home, self._home = self._home, None
+        if (home is not None and home.pid == os.getpid() and home.thread.is_alive()
+                and threading.current_thread() is not home.thread):  # not from a coroutine on that loop
+            try:
+                home.submit(self.backend.aclose()).result(timeout=10)
+            except Exception as exc:  # closing is best effort: the process may be going down
+                log.debug("closing the %s backend: %s", self.backend.name, exc)
+            home.stop()
         self.cache.close()
         self.inflight_locks.close()
 
@@ -444,12 +545,28 @@ class LLMClient:
         """A cache miss, asked under the request's cross-process lock: a process that asked the
         same request meanwhile has committed its answer by the time the lock is ours, and that
         answer is served instead of paying again (:mod:`medhall.llm.inflight`)."""
-        async with self.inflight_locks.hold(key):
+        await self._claim(key)
+        try:
             if (hit := self.cache.get(key)) is not None:
                 result = self._result(key, hit, schema, attempts=0, latency=0.0, cost=0.0, cached=True)
                 if result.ok:
                     return await self._served(request, key, result, started)
             return await self._fresh(request, key, schema, started, cacheable=True)
+        finally:
+            self.inflight_locks.release(key)
+
+    async def _claim(self, key: str) -> None:
+        """Take ``key``'s cross-process lock once a concurrency slot is free, so that a process
+        claims only what it is about to send: two processes asking the same batch share it out
+        (each sends part, reads the rest) instead of the first claiming the whole batch at once.
+        A key held elsewhere is polled without keeping the slot."""
+        locks, delay = self.inflight_locks, self.inflight_locks.poll_s
+        while True:
+            async with self._state().semaphore:
+                if locks.try_acquire(key):
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, locks.max_poll_s)
 
     async def _served(self, request: ChatRequest, key: str, result: ChatResult, started: float) -> ChatResult:
         """A result given without a call (cache hit or a twin in flight): cost 0, attempts 0."""

@@ -19,10 +19,18 @@ number). Fault kinds:
 wrong bearer key get a 401 whose body quotes the key they sent, as some servers do, so tests
 can prove the client scrubs it.
 
+Latency: ``latency`` seconds for every request (default 0), or, with ``latency_dist =
+"lognormal"``, a heavy-tailed draw per attempt with mean ``latency_mean`` and 99th percentile
+``latency_p99`` (deterministic in the seed, the body and the attempt number, so that two runs
+of the same requests meet the same latencies), optionally capped at ``latency_max``.
+
 Control endpoints: ``POST /_config`` (JSON of :class:`Config` fields), ``GET /_stats``,
 ``POST /_reset``. Stats count attempts and successful (billable) completions per body hash
 and per prompt, so tests can assert that nothing was paid twice; they also count image parts
-sent as data URLs and keep the last request body.
+sent as data URLs and keep the last request body, the chat requests in progress now and at most
+since the last reset (``in_flight``, ``max_in_flight``), and the latencies slept (``latency_n``,
+``latency_sum``, ``latency_max``, and each one in arrival order: ``latencies``), and when the
+first chat request came and the last response left (``first_request_at``, ``last_response_at``).
 
 :class:`ServerProcess` starts and drives it from tests and benchmarks.
 """
@@ -53,6 +61,11 @@ class Config:
     """Server behaviour, changeable at run time through ``POST /_config``."""
 
     latency: float = 0.0
+    #: None: ``latency`` for every request; "lognormal": drawn per attempt (see the module doc).
+    latency_dist: str | None = None
+    latency_mean: float = 1.0
+    latency_p99: float = 10.0
+    latency_max: float | None = None
     fault_rate: float = 0.0
     fault_kinds: list[str] = field(default_factory=lambda: ["429", "500", "drop", "malformed", "hang"])
     retry_after: str = "0.05"
@@ -93,6 +106,14 @@ class State:
         self.format_types: dict[str, int] = {}
         self.images = 0
         self.last_body: dict[str, Any] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.latency_n = 0
+        self.latency_sum = 0.0
+        self.latency_max = 0.0
+        self.latencies: list[float] = []
+        self.first_request_at: float | None = None  # time.time() of the first chat request since the reset
+        self.last_response_at: float | None = None  # and of the last chat response
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -102,6 +123,14 @@ class State:
             "format_types": self.format_types,
             "images": self.images,
             "last_body": self.last_body,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "latency_n": self.latency_n,
+            "latency_sum": self.latency_sum,
+            "latency_max": self.latency_max,
+            "latencies": self.latencies,
+            "first_request_at": self.first_request_at,
+            "last_response_at": self.last_response_at,
             "by_body": {k: asdict(v) for k, v in self.by_body.items()},
             "by_prompt": {k: asdict(v) for k, v in self.by_prompt.items()},
         }
@@ -125,6 +154,35 @@ def _random_fault(cfg: Config, body_hash: str, attempt: int) -> str | None:
     if int.from_bytes(digest[:8], "big") / 2**64 >= cfg.fault_rate:
         return None
     return cfg.fault_kinds[digest[8] % len(cfg.fault_kinds)]
+
+
+def lognormal_params(mean: float, p99: float) -> tuple[float, float]:
+    """(mu, sigma) of the lognormal with this mean and 99th percentile (the lighter-tailed root)."""
+    import math
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.99)
+    # mu = ln(mean) - sigma^2 / 2 and mu + z sigma = ln(p99): sigma^2 / 2 - z sigma + ln(p99 / mean) = 0
+    disc = z * z - 2 * math.log(p99 / mean)
+    if disc < 0:
+        raise ValueError(f"no lognormal has mean {mean} and p99 {p99}")
+    sigma = z - math.sqrt(disc)
+    return math.log(mean) - sigma * sigma / 2, sigma
+
+
+def _latency(cfg: Config, body_hash: str, attempt: int) -> float:
+    if cfg.latency_dist is None:
+        return cfg.latency
+    if cfg.latency_dist != "lognormal":
+        raise ValueError(f"unknown latency_dist {cfg.latency_dist!r}")
+    import math
+    from statistics import NormalDist
+
+    mu, sigma = lognormal_params(cfg.latency_mean, cfg.latency_p99)
+    digest = hashlib.sha256(f"latency:{cfg.seed}:{body_hash}:{attempt}".encode()).digest()
+    u = (int.from_bytes(digest[:8], "big") + 0.5) / 2**64
+    value = math.exp(mu + sigma * NormalDist().inv_cdf(u))
+    return min(value, cfg.latency_max) if cfg.latency_max is not None else value
 
 
 def _completion(body: dict[str, Any], content: str, finish: str) -> dict[str, Any]:
@@ -170,7 +228,15 @@ class App:
             self.state.config = Config(**{**asdict(self.state.config), **json.loads(raw or b"{}")})
             return 200, {}, json.dumps(asdict(self.state.config)).encode()
         if method == "POST" and path.endswith("/chat/completions"):
-            return await self.chat(headers, raw)
+            st = self.state
+            st.in_flight += 1
+            st.max_in_flight = max(st.max_in_flight, st.in_flight)
+            st.first_request_at = st.first_request_at or time.time()
+            try:
+                return await self.chat(headers, raw)
+            finally:
+                st.in_flight -= 1
+                st.last_response_at = time.time()
         if method == "GET" and path.endswith("/models") and self.state.config.model_info is not None:
             entry = {"id": "test-model", "object": "model", "created": int(time.time()), "owned_by": "local",
                      **self.state.config.model_info}
@@ -210,8 +276,12 @@ class App:
         if fault == "hang":  # never answered: the client times out first
             await asyncio.sleep(cfg.hang_s)
             return None
-        if cfg.latency:
-            await asyncio.sleep(cfg.latency)
+        if delay := _latency(cfg, body_hash, counts.attempts):
+            st.latency_n += 1
+            st.latency_sum += delay
+            st.latency_max = max(st.latency_max, delay)
+            st.latencies.append(delay)
+            await asyncio.sleep(delay)
         if fault == "drop":
             return None
         if fault and fault.isdigit():

@@ -176,15 +176,14 @@ def test_a_dask_local_cluster_build_matches_the_threads_build(homes: Any, lagged
     threads, _ = _build(lagged, 8, "thr", shards_in_flight=SHARDS)
     lagged.reset()
     stores.append(homes("dsk"))
-    dask, spans = _build(lagged, 4, "dsk", runner="dask", workers=2, shards_in_flight=SHARDS)  # 4 per process, 8 in all
-    assert len(spans) == SHARDS and dask["outcome"]["failed"] == {}
+    dask, _ = _build(lagged, 4, "dsk", runner="dask", workers=2, shards_in_flight=SHARDS)  # 4 per process, 8 in all
+    assert dask["shards_run"] == SHARDS and dask["outcome"]["failed"] == {}  # (task-run events may reach the API late)
     assert lagged.stats()["max_in_flight"] <= 8
     columns = ["qa_id", "image_id", "question", "answer", "kind", "category"]
     tables = [s.get("instructions", d).read(columns=columns).sort_by("qa_id") for s, d in zip(stores, ("thr", "dsk"), strict=True)]
     assert tables[0].num_rows == SHARDS * SHARD_SIZE * 2 and tables[0].equals(tables[1])
 
 
-@pytest.mark.slow  # #15 work in progress: fails on a re-run in one checkout (0 requests served: answered from a persisted cache), under investigation
 def test_an_api_models_vqa_shards_run_at_once_within_its_concurrency(flow_home: Path, tmp_path: Path, lagged: Any) -> None:
     import json
 
@@ -192,17 +191,17 @@ def test_an_api_models_vqa_shards_run_at_once_within_its_concurrency(flow_home: 
 
     from flows.zero_shot_vqa import zero_shot_vqa
 
-    images = tmp_path / "vqa" / "VQA_RAD Image Folder"
-    images.mkdir(parents=True)
-    Image.new("RGB", (16, 16), "gray").save(images / "img.jpg")
+    folder = tmp_path / "vqa"  # images are found beside the benchmark file by default
+    folder.mkdir()
+    Image.new("RGB", (16, 16), "gray").save(folder / "img.jpg")
     rows = [{"qid": i, "phrase_type": "test_freeform", "image_name": "img.jpg", "question": f"Is finding {i} present?",
              "answer": "yes", "answer_type": "CLOSED"} for i in range(12)]
-    path = tmp_path / "vqa" / "VQA_RAD Dataset Public.json"
+    path = folder / "VQA_RAD Dataset Public.json"
     path.write_text(json.dumps(rows), encoding="utf-8")
     api = {"name": "api-echo", "kind": "api", "settings": {"model": "test-model", "base_url": lagged.base_url,
                                                            "concurrency": 6, "text_only": True}}
     out = zero_shot_vqa(benchmarks=[{"name": "vqa_rad", "path": str(path)}], models=[api], shard_size=3)
     assert out["shards_run"] == 4 and out["counts"]
     stats = lagged.stats()
-    assert stats["served"] == 12
+    assert stats["served"] == 12, (stats["total"], out)
     assert 3 < stats["max_in_flight"] <= 6  # more than one shard of 3 at once, never more than the model's 6

@@ -21,7 +21,6 @@ Results go to benchmarks/results/store_safety.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -36,15 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from build_scale import synthetic_images  # noqa: E402
-
-
-def _server_module():
-    spec = importlib.util.spec_from_file_location("medhall_llm_test_server", ROOT / "tests/llm/server.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from parallel_build import _server_module  # noqa: E402  (the local test server, loaded once)
 
 
 def disk_per_rebuild(n: int, rebuilds: int) -> dict:
